@@ -1,0 +1,4 @@
+//! Crust bootstrap config and cache of directly reached peers (planned; see ROADMAP).
+//!
+//! This crate is reserved in the workspace; its implementation is planned (see `ROADMAP.md`).
+#![forbid(unsafe_code)]

@@ -1,0 +1,77 @@
+//! The one error type of `crust-core`, shared by every transport.
+
+use std::io;
+use std::time::Duration;
+
+use crate::PeerId;
+
+/// Everything that can go wrong while establishing or using a Crust connection.
+///
+/// Transports built on `crust-core` report their failures with this type so that callers
+/// (the `crust` facade, or users mixing crates) can match on one set of variants whatever
+/// the transport underneath.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer proved possession of a key whose `PeerId` is not the one we dialled for.
+    #[error("peer id mismatch: expected {expected}, peer is {actual}")]
+    PeerIdMismatch {
+        /// The `PeerId` the dialler asked for.
+        expected: PeerId,
+        /// The `PeerId` the remote side actually authenticated as.
+        actual: PeerId,
+    },
+    /// A message is larger than the configured maximum; it was neither sent nor buffered.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// Size of the offending message in bytes (as announced by the frame header when received).
+        size: u64,
+        /// The configured maximum message size in bytes.
+        max: usize,
+    },
+    /// The peer sent bytes that are not a valid Crust frame.
+    #[error("malformed frame: {0}")]
+    MalformedFrame(&'static str),
+    /// The remote side did not start with the Crust preamble: it is not a Crust node.
+    #[error("remote is not speaking the crust protocol (bad preamble)")]
+    NotCrust,
+    /// The remote side speaks Crust, but no protocol version both sides support.
+    #[error("unsupported protocol version: we speak {ours}, peer speaks {theirs}")]
+    VersionMismatch {
+        /// Our protocol version.
+        ours: u16,
+        /// The version the peer announced.
+        theirs: u16,
+    },
+    /// The handshake (preamble and TLS) did not finish within the configured time.
+    #[error("handshake did not complete within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The TLS or QUIC handshake failed (bad certificate, impostor, protocol error).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The connection is closed: by us, by the peer, or because the peer vanished.
+    #[error("connection closed")]
+    ConnectionClosed,
+    /// An identity file or key could not be created, read or parsed.
+    #[error("identity error: {0}")]
+    Identity(String),
+    /// Text could not be parsed as an [`Endpoint`](crate::Endpoint) or a [`PeerId`].
+    #[error("parse error: {0}")]
+    Parse(String),
+    /// A transport-specific failure that has no variant of its own.
+    #[error("transport error: {0}")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An operating-system level I/O error (bind, connect, read, write).
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Error {
+    /// True for [`Error::ConnectionClosed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::ConnectionClosed)
+    }
+}
+
+/// Shorthand for `Result<T, crust_core::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,50 @@
+//! # crust-core
+//!
+//! The shared vocabulary of [Crust](https://github.com/crust-p2p/crust), reliable peer-to-peer
+//! connections with NAT traversal:
+//!
+//! - [`Identity`] and [`PeerId`]: a node's key pair, its self-signed certificate, and the
+//!   SHA-256 of its public key that names it;
+//! - [`Endpoint`]: a [`Protocol`] plus a socket address (`tcp://203.0.113.7:4321`);
+//! - the plug-in traits [`Transport`] (with [`Listener`]), [`Discovery`] and [`NatTraverser`];
+//! - [`Connection`]: the authenticated, message-oriented connection every transport yields,
+//!   with framing ([`wire`]), size limits and batching implemented once, here;
+//! - [`tls`]: the rustls configuration (TLS 1.3, mutual authentication, key pinning) that
+//!   every transport uses;
+//! - [`Error`]: one typed error for all of it;
+//! - with the `test-kit` feature, [`conformance`]: the cases every transport must pass.
+//!
+//! ```
+//! use crust_core::{Endpoint, Identity};
+//! let identity = Identity::generate()?;
+//! println!("I am {}", identity.peer_id());
+//! let ep: Endpoint = "tcp://127.0.0.1:5483".parse()?;
+//! assert_eq!(ep.addr().port(), 5483);
+//! # Ok::<(), crust_core::Error>(())
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod connection;
+mod endpoint;
+mod error;
+mod identity;
+pub mod tls;
+mod traits;
+pub mod wire;
+
+#[cfg(feature = "test-kit")]
+pub mod conformance;
+
+pub use connection::{
+    BoxedReader, BoxedWriter, Connection, ConnectionConfig, ConnectionInfo, Direction,
+    MessageReceiver, MessageSender, SecureStream,
+};
+pub use endpoint::{Endpoint, Protocol};
+pub use error::{Error, Result};
+pub use identity::{Identity, PeerId};
+pub use traits::{
+    Discovery, Listener, NatTraverser, PeerCandidate, PunchRequest, PunchedSocket, Transport,
+};
+
+pub use bytes::Bytes;

@@ -1,0 +1,319 @@
+//! The Crust wire format: the clear-text preamble and the frames that follow the handshake.
+//!
+//! See `docs/protocol.md` for the normative description. In short:
+//!
+//! ```text
+//! preamble (both sides, clear text, 8 bytes):  "CRST" | max_version: u16 BE | min_version: u16 BE
+//! frame (inside TLS / the QUIC stream):         length: u32 BE | kind: u8 | payload (length bytes)
+//! ```
+//!
+//! `length` counts only the payload, so the configured maximum message size bounds it
+//! directly; it is checked against the maximum *before* any buffer is reserved.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+
+use crate::{Error, Result};
+
+/// The four magic bytes that open every Crust stream connection.
+pub const MAGIC: [u8; 4] = *b"CRST";
+/// Length of the preamble in bytes.
+pub const PREAMBLE_LEN: usize = 8;
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Length of a frame header: 4 bytes payload length, 1 byte kind.
+pub const FRAME_HEADER_LEN: usize = 5;
+/// The QUIC ALPN identifier, which plays the preamble's role on QUIC connections.
+pub const ALPN: &[u8] = b"crust/1";
+/// Default maximum message (frame payload) size: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// The preamble bytes for the given supported version range.
+pub const fn preamble(max_version: u16, min_version: u16) -> [u8; PREAMBLE_LEN] {
+    let max = max_version.to_be_bytes();
+    let min = min_version.to_be_bytes();
+    [
+        MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], max[0], max[1], min[0], min[1],
+    ]
+}
+
+/// Checks a peer's preamble against our supported range and returns the version both use:
+/// the highest version both sides speak.
+pub fn negotiate_version(theirs: &[u8; PREAMBLE_LEN], our_max: u16, our_min: u16) -> Result<u16> {
+    if theirs[..4] != MAGIC {
+        return Err(Error::NotCrust);
+    }
+    let their_max = u16::from_be_bytes([theirs[4], theirs[5]]);
+    let their_min = u16::from_be_bytes([theirs[6], theirs[7]]);
+    let chosen = our_max.min(their_max);
+    if their_min > their_max || chosen < our_min.max(their_min) {
+        return Err(Error::VersionMismatch {
+            ours: our_max,
+            theirs: their_max,
+        });
+    }
+    Ok(chosen)
+}
+
+/// Sends our preamble and reads and checks the peer's. Both sides call this right after the
+/// stream is connected; neither waits for the other before sending, so it costs no extra
+/// round trip beyond the one TLS needs anyway.
+pub async fn exchange_preamble<S>(stream: &mut S) -> Result<u16>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream
+        .write_all(&preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION))
+        .await?;
+    stream.flush().await?;
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    match stream.read_exact(&mut theirs).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Error::NotCrust),
+        Err(e) => return Err(e.into()),
+    }
+    negotiate_version(&theirs, PROTOCOL_VERSION, MIN_PROTOCOL_VERSION)
+}
+
+/// What a frame carries. Receivers skip frames of kinds they do not know, so new control
+/// messages can be introduced without breaking older peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FrameKind {
+    /// An application message (what `send()` sends and `recv()` returns).
+    Message,
+    /// Liveness probe; the receiver answers with [`FrameKind::Pong`] carrying the same payload.
+    Ping,
+    /// Answer to a [`FrameKind::Ping`].
+    Pong,
+    /// Control: the address at which the sender observes the receiver (for NAT traversal).
+    ObservedAddress,
+    /// Control: peer exchange (gossip of known peers' endpoints).
+    PeerExchange,
+    /// Control: connection information relayed through a common peer (hole-punch rendezvous).
+    ConnectionInfoRelay,
+    /// A kind this build does not know.
+    Unknown(u8),
+}
+
+impl FrameKind {
+    /// The kind's byte on the wire.
+    pub const fn to_byte(self) -> u8 {
+        match self {
+            FrameKind::Message => 0,
+            FrameKind::Ping => 1,
+            FrameKind::Pong => 2,
+            FrameKind::ObservedAddress => 3,
+            FrameKind::PeerExchange => 4,
+            FrameKind::ConnectionInfoRelay => 5,
+            FrameKind::Unknown(b) => b,
+        }
+    }
+
+    /// The kind of a wire byte.
+    pub const fn from_byte(b: u8) -> Self {
+        match b {
+            0 => FrameKind::Message,
+            1 => FrameKind::Ping,
+            2 => FrameKind::Pong,
+            3 => FrameKind::ObservedAddress,
+            4 => FrameKind::PeerExchange,
+            5 => FrameKind::ConnectionInfoRelay,
+            other => FrameKind::Unknown(other),
+        }
+    }
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// What the payload is.
+    pub kind: FrameKind,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// Appends a frame header for a payload of `len` bytes to `dst`.
+pub fn put_frame_header(dst: &mut BytesMut, kind: FrameKind, len: usize) -> Result<()> {
+    let len32 = u32::try_from(len).map_err(|_| Error::MessageTooLarge {
+        size: len as u64,
+        max: u32::MAX as usize,
+    })?;
+    dst.reserve(FRAME_HEADER_LEN);
+    dst.put_u32(len32);
+    dst.put_u8(kind.to_byte());
+    Ok(())
+}
+
+/// A `tokio-util` decoder for Crust frames with a maximum payload size.
+///
+/// An announced length above the maximum is refused with [`Error::MessageTooLarge`] before
+/// any memory is reserved for it; a stream that ends inside a frame yields
+/// [`Error::ConnectionClosed`].
+#[derive(Clone, Debug)]
+pub struct FrameDecoder {
+    max_message_size: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder accepting payloads of up to `max_message_size` bytes.
+    pub fn new(max_message_size: usize) -> Self {
+        FrameDecoder { max_message_size }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
+        if src.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        let kind = FrameKind::from_byte(src[4]);
+        let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+        if len_usize > self.max_message_size {
+            return Err(Error::MessageTooLarge {
+                size: u64::from(len),
+                max: self.max_message_size,
+            });
+        }
+        let total = FRAME_HEADER_LEN + len_usize;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(FRAME_HEADER_LEN);
+        let payload = src.split_to(len_usize).freeze();
+        Ok(Some(Frame { kind, payload }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(Error::ConnectionClosed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(kind: FrameKind, payload: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        put_frame_header(&mut buf, kind, payload.len()).expect("header");
+        buf.extend_from_slice(payload);
+        buf
+    }
+
+    #[test]
+    fn preamble_negotiation() {
+        let ours = preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION);
+        assert_eq!(negotiate_version(&ours, 1, 1).expect("same"), 1);
+        // A newer peer that still speaks 1 talks 1 with us.
+        assert_eq!(negotiate_version(&preamble(3, 1), 1, 1).expect("newer"), 1);
+        // A peer that dropped version 1 is refused with a typed error.
+        assert!(matches!(
+            negotiate_version(&preamble(3, 2), 1, 1),
+            Err(Error::VersionMismatch { ours: 1, theirs: 3 })
+        ));
+        assert!(matches!(
+            negotiate_version(b"GET / HT", 1, 1),
+            Err(Error::NotCrust)
+        ));
+    }
+
+    #[test]
+    fn four_gib_header_is_refused_without_allocating() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0][..]);
+        let cap_before = buf.capacity();
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_MESSAGE_SIZE);
+        let err = dec.decode(&mut buf).expect_err("must refuse");
+        assert!(
+            matches!(
+                err,
+                Error::MessageTooLarge {
+                    size: 0xffff_ffff,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            buf.capacity(),
+            cap_before,
+            "no allocation for the announced size"
+        );
+    }
+
+    #[test]
+    fn partial_frame_at_eof_is_connection_closed() {
+        let mut buf = encode(FrameKind::Message, b"hello");
+        buf.truncate(7);
+        let mut dec = FrameDecoder::new(1024);
+        assert!(dec.decode(&mut buf).expect("partial ok").is_none());
+        assert!(matches!(
+            dec.decode_eof(&mut buf),
+            Err(Error::ConnectionClosed)
+        ));
+        assert!(
+            dec.decode_eof(&mut BytesMut::new())
+                .expect("clean eof")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_survive_decoding() {
+        let mut buf = encode(FrameKind::Unknown(200), b"future");
+        let frame = FrameDecoder::new(64)
+            .decode(&mut buf)
+            .expect("ok")
+            .expect("frame");
+        assert_eq!(frame.kind, FrameKind::Unknown(200));
+        assert_eq!(&frame.payload[..], b"future");
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip_in_any_chunking(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..20),
+            kinds in proptest::collection::vec(any::<u8>(), 20),
+            chunk in 1usize..64,
+        ) {
+            let mut wire = BytesMut::new();
+            for (p, k) in payloads.iter().zip(&kinds) {
+                wire.extend_from_slice(&encode(FrameKind::from_byte(*k), p));
+            }
+            let mut dec = FrameDecoder::new(300);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(frame) = dec.decode(&mut buf).expect("valid") {
+                    out.push(frame);
+                }
+            }
+            prop_assert_eq!(out.len(), payloads.len());
+            for ((frame, p), k) in out.iter().zip(&payloads).zip(&kinds) {
+                prop_assert_eq!(&frame.payload[..], &p[..]);
+                prop_assert_eq!(frame.kind.to_byte(), *k);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics_nor_overallocates(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut dec = FrameDecoder::new(1024);
+            while let Ok(Some(_)) = dec.decode(&mut buf) {}
+            prop_assert!(buf.capacity() <= 1024 + 64 + FRAME_HEADER_LEN);
+        }
+    }
+}

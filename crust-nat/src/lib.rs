@@ -1,0 +1,4 @@
+//! Crust NAT traversal: UPnP IGD and hole punching (planned; see ROADMAP).
+//!
+//! This crate is reserved in the workspace; its implementation is planned (see `ROADMAP.md`).
+#![forbid(unsafe_code)]
