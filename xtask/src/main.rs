@@ -1,2 +1,230 @@
-//! xtask
-fn main() {}
+//! Workspace automation, invoked as `cargo xtask <COMMAND>` (the alias lives
+//! in `.cargo/config.toml`).
+//!
+//! * `cargo xtask test [-p CRATE]...`: format check, clippy, tests (nextest
+//!   when installed, else `cargo test`), doc tests and a `cargo doc` build
+//!   with rustdoc warnings denied. Stops at the first failing step.
+//! * `cargo xtask ci`: exactly what CI runs, i.e. `test` on the whole
+//!   workspace.
+//! * `cargo xtask demo [ARGS]...`: runs the demo example in release mode.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+use std::{env, fmt};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+/// `(package, example)` run by `cargo xtask demo`.
+///
+/// Switch to `("crust", "demo")` once that example exists.
+const DEMO: (&str, &str) = ("crust-tcp", "tcp_ping");
+
+/// Command-line interface of `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Workspace automation tasks"
+)]
+struct Cli {
+    /// Task to run.
+    #[command(subcommand)]
+    command: Task,
+}
+
+/// The available tasks.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Check formatting, run clippy, tests, doc tests and rustdoc.
+    Test(TestArgs),
+    /// Run exactly what CI runs: `test` for the whole workspace.
+    Ci,
+    /// Run the demo example in release mode.
+    Demo {
+        /// Arguments passed through to the example.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Arguments of the `test` task.
+#[derive(Debug, Default, Args)]
+struct TestArgs {
+    /// Restrict checks to these packages (default: whole workspace).
+    #[arg(short = 'p', long = "package", value_name = "CRATE")]
+    packages: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one task.
+fn run(task: Task) -> Result<()> {
+    let xtask = Xtask::new()?;
+    match task {
+        Task::Test(args) => xtask.test(&args),
+        Task::Ci => xtask.test(&TestArgs::default()),
+        Task::Demo { args } => {
+            let (package, example) = DEMO;
+            let mut cmd = xtask.cargo(["run", "--release", "-p", package, "--example", example]);
+            if !args.is_empty() {
+                cmd.arg("--").args(args);
+            }
+            xtask.run(cmd)
+        }
+    }
+}
+
+/// Shared context: where the workspace is and which cargo to call.
+#[derive(Debug)]
+struct Xtask {
+    /// Workspace root directory; every command runs there.
+    root: PathBuf,
+    /// Cargo binary: `$CARGO` (set by `cargo run`) or `cargo` from `PATH`.
+    cargo: OsString,
+}
+
+impl Xtask {
+    fn new() -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask manifest directory has no parent")?
+            .to_path_buf();
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        Ok(Self { root, cargo })
+    }
+
+    /// A `cargo` command with `args`, run from the workspace root.
+    fn cargo<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(&self.cargo);
+        cmd.args(args).current_dir(&self.root);
+        cmd
+    }
+
+    /// Runs `cmd` as one named step: prints a header and the wall time, and
+    /// fails with a message naming the step if it does not succeed.
+    fn run(&self, mut cmd: Command) -> Result<()> {
+        let step = Step(&cmd).to_string();
+        println!("==> {step}");
+        let start = Instant::now();
+        let status = cmd
+            .status()
+            .with_context(|| format!("failed to start `{step}`"))?;
+        let elapsed = start.elapsed().as_secs_f64();
+        if !status.success() {
+            bail!("step `{step}` failed ({status}) after {elapsed:.1}s");
+        }
+        println!("    ok in {elapsed:.1}s");
+        Ok(())
+    }
+
+    /// Whether `cargo nextest` is installed.
+    fn has_nextest(&self) -> bool {
+        self.cargo(["nextest", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The `test` task: fmt, clippy, tests, doc tests, rustdoc.
+    fn test(&self, args: &TestArgs) -> Result<()> {
+        let start = Instant::now();
+        // `--workspace`, or one `-p CRATE` per requested package.
+        let scope: Vec<String> = if args.packages.is_empty() {
+            vec!["--workspace".into()]
+        } else {
+            args.packages
+                .iter()
+                .flat_map(|p| ["-p".to_owned(), p.clone()])
+                .collect()
+        };
+
+        let mut fmt = self.cargo(["fmt"]);
+        if args.packages.is_empty() {
+            fmt.arg("--all");
+        } else {
+            fmt.args(&scope);
+        }
+        fmt.args(["--", "--check"]);
+        self.run(fmt)?;
+
+        let mut clippy = self.cargo(["clippy"]);
+        clippy
+            .args(&scope)
+            .args(["--all-targets", "--all-features", "--", "-D", "warnings"]);
+        self.run(clippy)?;
+
+        let tests = if self.has_nextest() {
+            let mut cmd = self.cargo(["nextest", "run"]);
+            cmd.args(&scope).args(["--all-features", "--no-tests=warn"]);
+            if env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+                cmd.args(["--profile", "ci"]);
+            }
+            cmd
+        } else {
+            println!("note: cargo-nextest not found, falling back to `cargo test`");
+            // Doc tests run in their own step below.
+            let mut cmd = self.cargo(["test"]);
+            cmd.args(&scope).args(["--all-targets", "--all-features"]);
+            cmd
+        };
+        self.run(tests)?;
+
+        // nextest does not run doc tests.
+        let mut doctests = self.cargo(["test", "--doc"]);
+        doctests.args(&scope).arg("--all-features");
+        self.run(doctests)?;
+
+        let mut doc = self.cargo(["doc"]);
+        doc.args(&scope)
+            .args(["--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        self.run(doc)?;
+
+        println!(
+            "==> all checks passed in {:.1}s",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+/// Displays a command the way a user would type it, e.g.
+/// `RUSTDOCFLAGS="-D warnings" cargo doc --workspace`.
+struct Step<'a>(&'a Command);
+
+impl fmt::Display for Step<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, value) in self.0.get_envs() {
+            if let Some(value) = value {
+                write!(f, "{}={:?} ", key.to_string_lossy(), value)?;
+            }
+        }
+        // Show plain `cargo` rather than the full path from `$CARGO`.
+        let program = Path::new(self.0.get_program())
+            .file_stem()
+            .unwrap_or(self.0.get_program());
+        write!(f, "{}", program.to_string_lossy())?;
+        for arg in self.0.get_args() {
+            write!(f, " {}", arg.to_string_lossy())?;
+        }
+        Ok(())
+    }
+}
