@@ -21,7 +21,7 @@ use crate::wire::{self, Frame, FrameDecoder, FrameKind};
 use crate::{Endpoint, Error, PeerId, Protocol, Result};
 
 /// The read half of an authenticated byte stream.
-pub type BoxedReader = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxedReader = Box<dyn AsyncRead + Send + Sync + Unpin>;
 /// The write half of an authenticated byte stream. `poll_shutdown` must end the stream
 /// gracefully (TLS `close_notify`, QUIC stream `FIN`) after delivering what was written.
 pub type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
@@ -126,6 +126,10 @@ impl fmt::Debug for SecureStream {
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Payloads at least this large are written straight from their buffer, not copied.
 const DIRECT_WRITE_BYTES: usize = 16 * 1024;
+/// Time a graceful end of stream may take once everything queued is written.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Time an aborted connection may spend telling the peer it ends.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Commands taken from the queue per batch.
 const COMMANDS_PER_BATCH: usize = 256;
 
@@ -181,10 +185,12 @@ impl Connection {
             max_message_size: config.max_message_size,
         };
         let receiver = MessageReceiver {
-            frames: FramedRead::new(stream.reader, FrameDecoder::new(config.max_message_size)),
+            frames: Some(FramedRead::new(
+                stream.reader,
+                FrameDecoder::new(config.max_message_size),
+            )),
             pong: sender.tx.downgrade(),
             shared,
-            failed: false,
         };
         Connection { sender, receiver }
     }
@@ -327,10 +333,10 @@ impl fmt::Debug for MessageSender {
 
 /// The receiving half of a [`Connection`].
 pub struct MessageReceiver {
-    frames: FramedRead<BoxedReader, FrameDecoder>,
+    /// `None` once the connection failed, so the read half is released at once.
+    frames: Option<FramedRead<BoxedReader, FrameDecoder>>,
     pong: mpsc::WeakSender<Command>,
     shared: Arc<Shared>,
-    failed: bool,
 }
 
 impl MessageReceiver {
@@ -361,11 +367,11 @@ impl MessageReceiver {
 
     /// Receives the next frame of any kind, for code that handles control messages itself.
     pub async fn recv_frame(&mut self) -> Result<Frame> {
-        if self.failed {
+        let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
-        }
+        };
         let next = tokio::select! {
-            next = self.frames.next() => next,
+            next = frames.next() => next,
             _ = self.shared.closed.cancelled() => None,
         };
         match next {
@@ -386,7 +392,7 @@ impl MessageReceiver {
     }
 
     fn fail(&mut self) {
-        self.failed = true;
+        self.frames = None;
         self.shared.closed.cancel();
     }
 
@@ -416,16 +422,19 @@ async fn run_writer(mut writer: BoxedWriter, mut rx: mpsc::Receiver<Command>, sh
     match outcome {
         Ok(Some(ack)) => {
             // Graceful close requested: the queue is drained, end the stream.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), writer.shutdown()).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.shutdown()).await;
             let _ = ack.send(());
         }
         Ok(None) => {
-            if !closed.is_cancelled() {
-                // Every sender is gone: end the stream gracefully.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer.shutdown())
-                    .await;
-            }
+            // Either every sender is gone (end the stream gracefully) or the connection was
+            // aborted (a protocol violation, a local close that timed out): still try to end
+            // the stream so that the peer sees the end promptly, but only briefly.
+            let grace = if closed.is_cancelled() {
+                ABORT_GRACE
+            } else {
+                SHUTDOWN_GRACE
+            };
+            let _ = tokio::time::timeout(grace, writer.shutdown()).await;
         }
         Err(e) => tracing::debug!(%peer, error = %e, "connection failed while sending"),
     }

@@ -1,1 +1,428 @@
-//! placeholder
+//! # crust-tcp
+//!
+//! The TCP transport of [Crust](https://github.com/crust-p2p/crust): every connection is TCP
+//! carrying TLS 1.3 (rustls) with mutual authentication by key pinning, and Crust's
+//! length-prefixed frames inside.
+//!
+//! On connect both sides first send the 8-byte clear-text Crust preamble (magic `CRST` and
+//! the protocol versions they speak), so strangers and incompatible versions fail fast with
+//! [`Error::NotCrust`](crust_core::Error::NotCrust) or
+//! [`Error::VersionMismatch`](crust_core::Error::VersionMismatch). Then TLS 1.3 runs with
+//! the nodes' self-signed certificates; the verifiers accept exactly the peer's key (and
+//! when dialling with an expected [`PeerId`], only that one). See `docs/protocol.md`.
+//!
+//! ```
+//! use crust_core::{Identity, Transport};
+//! use crust_tcp::{TcpConfig, TcpTransport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> crust_core::Result<()> {
+//! let alice = TcpTransport::new(Identity::generate()?, TcpConfig::default())?;
+//! let bob = TcpTransport::new(Identity::generate()?, TcpConfig::default())?;
+//! let mut listener = bob.listen("127.0.0.1:0".parse().expect("addr")).await?;
+//! let addr = listener.local_endpoint().addr();
+//!
+//! let (dialed, accepted) = tokio::join!(alice.dial(addr, Some(bob.local_peer_id())), listener.accept());
+//! let (mut to_bob, mut to_alice) = (dialed?, accepted?);
+//! to_bob.send("hello bob".into()).await?;
+//! assert_eq!(to_alice.recv().await?, "hello bob");
+//! assert_eq!(to_alice.peer_id(), alice.local_peer_id());
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crust_core::{
+    ConnectionConfig, ConnectionInfo, Direction, Endpoint, Error, Identity, Listener, PeerId,
+    Protocol, Result, SecureStream, Transport, tls, wire,
+};
+use rustls::crypto::CryptoProvider;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Configuration of a [`TcpTransport`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TcpConfig {
+    /// Message size limit, send queue and handshake timeout. Default: [`ConnectionConfig::default`].
+    pub connection: ConnectionConfig,
+    /// The rustls crypto provider. Default: [`tls::default_crypto_provider`] (*ring*).
+    pub crypto_provider: Arc<CryptoProvider>,
+    /// Dial from the port we listen on (SO_REUSEADDR + SO_REUSEPORT), as TCP hole punching
+    /// by simultaneous open needs. Default: `false` (dial from an ephemeral port).
+    pub dial_from_listen_port: bool,
+    /// Incoming handshakes allowed in flight at once; connections beyond are dropped at once.
+    /// Default 256.
+    pub max_pending_handshakes: usize,
+    /// Authenticated connections waiting for [`Listener::accept`]. Default 128.
+    pub accept_queue_len: usize,
+    /// TCP keep-alive idle time, so vanished peers are noticed on idle connections.
+    /// Default 30 s; `None` disables it.
+    pub tcp_keepalive: Option<Duration>,
+    /// Listen backlog. Default 1024.
+    pub listen_backlog: u32,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            connection: ConnectionConfig::default(),
+            crypto_provider: tls::default_crypto_provider(),
+            dial_from_listen_port: false,
+            max_pending_handshakes: 256,
+            accept_queue_len: 128,
+            tcp_keepalive: Some(Duration::from_secs(30)),
+            listen_backlog: 1024,
+        }
+    }
+}
+
+impl TcpConfig {
+    /// Sets [`TcpConfig::connection`].
+    pub fn with_connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Sets [`TcpConfig::crypto_provider`].
+    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.crypto_provider = provider;
+        self
+    }
+
+    /// Sets [`TcpConfig::dial_from_listen_port`].
+    pub fn with_dial_from_listen_port(mut self, enabled: bool) -> Self {
+        self.dial_from_listen_port = enabled;
+        self
+    }
+
+    /// Sets [`TcpConfig::max_pending_handshakes`] (at least 1).
+    pub fn with_max_pending_handshakes(mut self, n: usize) -> Self {
+        self.max_pending_handshakes = n.max(1);
+        self
+    }
+
+    /// Sets [`TcpConfig::tcp_keepalive`].
+    pub fn with_tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.tcp_keepalive = idle;
+        self
+    }
+}
+
+/// The TCP + TLS 1.3 transport.
+pub struct TcpTransport {
+    identity: Identity,
+    config: TcpConfig,
+    acceptor: TlsAcceptor,
+    /// Client config for dials that do not insist on a `PeerId` (built once).
+    any_peer_connector: (TlsConnector, Arc<tls::PeerKeyVerifier>),
+    /// Addresses we listen on, for dialling from the listening port.
+    listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl TcpTransport {
+    /// A transport for `identity`.
+    pub fn new(identity: Identity, config: TcpConfig) -> Result<Self> {
+        let server = tls::server_config(&identity, config.crypto_provider.clone(), &[])?;
+        let (client, verifier) =
+            tls::client_config(&identity, config.crypto_provider.clone(), None, &[])?;
+        Ok(TcpTransport {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            any_peer_connector: (TlsConnector::from(Arc::new(client)), verifier),
+            identity,
+            config,
+            listen_addrs: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// The transport's configuration.
+    pub fn config(&self) -> &TcpConfig {
+        &self.config
+    }
+
+    fn connector_for(
+        &self,
+        expected: Option<PeerId>,
+    ) -> Result<(TlsConnector, Arc<tls::PeerKeyVerifier>)> {
+        match expected {
+            None => Ok(self.any_peer_connector.clone()),
+            Some(id) => {
+                let (client, verifier) = tls::client_config(
+                    &self.identity,
+                    self.config.crypto_provider.clone(),
+                    Some(id),
+                    &[],
+                )?;
+                Ok((TlsConnector::from(Arc::new(client)), verifier))
+            }
+        }
+    }
+
+    fn listen_port_for(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        if !self.config.dial_from_listen_port {
+            return None;
+        }
+        let addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
+        addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == remote.is_ipv4())
+    }
+
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream> {
+        let socket = new_socket(addr)?;
+        if let Some(local) = self.listen_port_for(addr) {
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(local)?;
+        }
+        let stream = socket.connect(addr).await?;
+        configure_stream(&stream, self.config.tcp_keepalive)?;
+        Ok(stream)
+    }
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("peer_id", &self.identity.peer_id())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Transport for TcpTransport {
+    fn protocol(&self) -> Protocol {
+        Protocol::Tcp
+    }
+
+    fn local_peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    fn connection_config(&self) -> &ConnectionConfig {
+        &self.config.connection
+    }
+
+    async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>> {
+        let socket = new_socket(addr)?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(self.config.listen_backlog)?;
+        let local = listener.local_addr()?;
+        self.listen_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(local);
+        let (tx, rx) = mpsc::channel(self.config.accept_queue_len.max(1));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            self.acceptor.clone(),
+            self.config.clone(),
+            tx,
+        ));
+        tracing::debug!(endpoint = %Endpoint::tcp(local), peer = %self.identity.peer_id(), "tcp listener started");
+        Ok(Box::new(TcpListener {
+            local,
+            incoming: rx,
+            accept_task: accept_task.abort_handle(),
+            config: self.config.connection.clone(),
+            listen_addrs: self.listen_addrs.clone(),
+        }))
+    }
+
+    async fn dial_stream(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<SecureStream> {
+        let timeout = self.config.connection.handshake_timeout;
+        let (connector, verifier) = self.connector_for(expected)?;
+        let handshake = async {
+            let mut tcp = self.connect_tcp(addr).await?;
+            let local_addr = tcp.local_addr()?;
+            wire::exchange_preamble(&mut tcp).await?;
+            let tls = connector
+                .connect(tls::server_name(), tcp)
+                .await
+                .map_err(|e| tls::dial_handshake_error(&verifier, e))?;
+            let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
+            if let Some(expected) = expected {
+                if expected != peer_id {
+                    return Err(Error::PeerIdMismatch {
+                        expected,
+                        actual: peer_id,
+                    });
+                }
+            }
+            let info = ConnectionInfo {
+                peer_id,
+                local_addr,
+                remote_addr: addr,
+                protocol: Protocol::Tcp,
+                direction: Direction::Outbound,
+            };
+            let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Client(tls));
+            Ok(SecureStream {
+                info,
+                reader: Box::new(reader),
+                writer: Box::new(writer),
+                keep_alive: None,
+            })
+        };
+        let stream = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| Error::HandshakeTimeout(timeout))??;
+        tracing::debug!(peer = %stream.info.peer_id, endpoint = %Endpoint::tcp(addr), "tcp connection established");
+        Ok(stream)
+    }
+}
+
+/// A listening TCP socket; dropping it stops accepting.
+struct TcpListener {
+    local: SocketAddr,
+    incoming: mpsc::Receiver<SecureStream>,
+    accept_task: tokio::task::AbortHandle,
+    config: ConnectionConfig,
+    listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TcpListener {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        let mut addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = addrs.iter().position(|a| *a == self.local) {
+            addrs.remove(i);
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for TcpListener {
+    fn local_endpoint(&self) -> Endpoint {
+        Endpoint::tcp(self.local)
+    }
+
+    fn connection_config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    async fn accept_stream(&mut self) -> Result<SecureStream> {
+        self.incoming
+            .recv()
+            .await
+            .ok_or_else(|| Error::Io(std::io::Error::other("tcp listener stopped accepting")))
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    config: TcpConfig,
+    ready: mpsc::Sender<SecureStream>,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
+    let local = listener.local_addr().ok();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = ready.closed() => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "too many pending handshakes; dropping connection");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        let timeout = config.connection.handshake_timeout;
+        let keepalive = config.tcp_keepalive;
+        tokio::spawn(async move {
+            let handshake = accept_handshake(tcp, remote, acceptor, keepalive);
+            let outcome = tokio::time::timeout(timeout, handshake).await;
+            drop(permit);
+            match outcome {
+                Ok(Ok(stream)) => {
+                    tracing::debug!(peer = %stream.info.peer_id, %remote, ?local, "tcp connection accepted");
+                    let _ = ready.send(stream).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "incoming tcp handshake failed"),
+                Err(_) => tracing::debug!(%remote, ?timeout, "incoming tcp handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn accept_handshake(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    acceptor: TlsAcceptor,
+    keepalive: Option<Duration>,
+) -> Result<SecureStream> {
+    configure_stream(&tcp, keepalive)?;
+    let local_addr = tcp.local_addr()?;
+    wire::exchange_preamble(&mut tcp).await?;
+    let tls = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| Error::Handshake(e.to_string()))?;
+    let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
+    let info = ConnectionInfo {
+        peer_id,
+        local_addr,
+        remote_addr: remote,
+        protocol: Protocol::Tcp,
+        direction: Direction::Inbound,
+    };
+    let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Server(tls));
+    Ok(SecureStream {
+        info,
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        keep_alive: None,
+    })
+}
+
+fn new_socket(addr: SocketAddr) -> Result<TcpSocket> {
+    Ok(if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    })
+}
+
+fn configure_stream(stream: &TcpStream, keepalive: Option<Duration>) -> Result<()> {
+    stream.set_nodelay(true)?;
+    if let Some(idle) = keepalive {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(Duration::from_secs(5))
+            .with_retries(4);
+        socket2::SockRef::from(stream).set_tcp_keepalive(&params)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Handshake edge cases specific to TCP: strangers, other versions, slow peers, and dialling
+//! from the listening port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crust_core::{ConnectionConfig, Error, Identity, Transport, wire};
+use crust_tcp::{TcpConfig, TcpTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SAFETY_NET: Duration = Duration::from_secs(60);
+const LOOPBACK: &str = "127.0.0.1:0";
+
+fn transport(config: TcpConfig) -> TcpTransport {
+    TcpTransport::new(Identity::generate().expect("identity"), config).expect("transport")
+}
+
+fn loopback() -> SocketAddr {
+    LOOPBACK.parse().expect("loopback")
+}
+
+/// Accepts one raw TCP connection on a plain socket and runs `server` on it.
+async fn raw_server<F, Fut>(server: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind(loopback())
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        server(stream).await;
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn dialing_a_non_crust_server_is_not_crust() {
+    let (addr, server) = raw_server(|mut s| async move {
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        let mut sink = [0u8; 64];
+        let _ = s.read(&mut sink).await;
+    })
+    .await;
+    let client = transport(TcpConfig::default());
+    let err = tokio::time::timeout(SAFETY_NET, client.dial(addr, None))
+        .await
+        .expect("safety net")
+        .expect_err("must fail");
+    assert!(matches!(err, Error::NotCrust), "got {err:?}");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn a_peer_that_dropped_our_version_is_refused_with_both_versions() {
+    let (addr, server) = raw_server(|mut s| async move {
+        let _ = s.write_all(&wire::preamble(7, 5)).await;
+        let mut sink = [0u8; 64];
+        let _ = s.read(&mut sink).await;
+    })
+    .await;
+    let client = transport(TcpConfig::default());
+    let err = tokio::time::timeout(SAFETY_NET, client.dial(addr, None))
+        .await
+        .expect("safety net")
+        .expect_err("must fail");
+    assert!(
+        matches!(
+            err,
+            Error::VersionMismatch {
+                ours: wire::PROTOCOL_VERSION,
+                theirs: 7
+            }
+        ),
+        "got {err:?}"
+    );
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn a_server_that_closes_immediately_is_not_crust() {
+    let (addr, server) = raw_server(|s| async move { drop(s) }).await;
+    let client = transport(TcpConfig::default());
+    let err = tokio::time::timeout(SAFETY_NET, client.dial(addr, None))
+        .await
+        .expect("safety net")
+        .expect_err("must fail");
+    assert!(matches!(err, Error::NotCrust | Error::Io(_)), "got {err:?}");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn a_silent_server_hits_the_handshake_timeout() {
+    let (addr, server) = raw_server(|mut s| async move {
+        // Say nothing; wait for the client to give up.
+        let mut sink = [0u8; 64];
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let timeout = Duration::from_millis(300);
+    let client = transport(
+        TcpConfig::default()
+            .with_connection(ConnectionConfig::default().with_handshake_timeout(timeout)),
+    );
+    let err = tokio::time::timeout(SAFETY_NET, client.dial(addr, None))
+        .await
+        .expect("safety net")
+        .expect_err("must fail");
+    assert!(
+        matches!(err, Error::HandshakeTimeout(t) if t == timeout),
+        "got {err:?}"
+    );
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn strangers_and_slow_peers_do_not_block_the_listener() {
+    let server = transport(TcpConfig::default().with_connection(
+        ConnectionConfig::default().with_handshake_timeout(Duration::from_secs(30)),
+    ));
+    let mut listener = server.listen(loopback()).await.expect("listen");
+    let addr = listener.local_endpoint().addr();
+
+    // A stranger speaking HTTP, and a slowloris that sends half a preamble and stalls.
+    let mut stranger = TcpStream::connect(addr).await.expect("connect");
+    stranger
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"CRS").await.expect("write");
+
+    // The stranger is told who we are and then dropped.
+    let mut preamble = [0u8; wire::PREAMBLE_LEN];
+    stranger.read_exact(&mut preamble).await.expect("preamble");
+    assert_eq!(&preamble[..4], b"CRST");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(SAFETY_NET, stranger.read_to_end(&mut rest))
+        .await
+        .expect("stranger must be disconnected");
+
+    // An honest peer still gets through while the slowloris stalls.
+    let client = transport(TcpConfig::default());
+    let (dialed, accepted) = tokio::time::timeout(SAFETY_NET, async {
+        tokio::join!(
+            client.dial(addr, Some(server.local_peer_id())),
+            listener.accept()
+        )
+    })
+    .await
+    .expect("safety net");
+    let (dialed, mut accepted) = (dialed.expect("dial"), accepted.expect("accept"));
+    dialed.send("through".into()).await.expect("send");
+    assert_eq!(accepted.recv().await.expect("recv"), "through");
+    drop(slow);
+}
+
+#[tokio::test]
+async fn impostor_presenting_another_key_is_refused() {
+    // `victim` is who the dialer wants; `impostor` listens where the dialer connects.
+    let victim = Identity::generate().expect("identity");
+    let impostor = transport(TcpConfig::default());
+    let mut listener = impostor.listen(loopback()).await.expect("listen");
+    let addr = listener.local_endpoint().addr();
+    let accept = tokio::spawn(async move { listener.accept().await });
+    let client = transport(TcpConfig::default());
+    let err = client
+        .dial(addr, Some(victim.peer_id()))
+        .await
+        .expect_err("impostor accepted");
+    assert!(
+        matches!(err, Error::PeerIdMismatch { expected, actual } if expected == victim.peer_id() && actual == impostor.local_peer_id()),
+        "got {err:?}"
+    );
+    accept.abort();
+}
+
+#[tokio::test]
+async fn dials_can_leave_from_the_listening_port() {
+    let a = transport(TcpConfig::default().with_dial_from_listen_port(true));
+    let b = transport(TcpConfig::default());
+    let a_listener = a.listen(loopback()).await.expect("listen a");
+    let a_port = a_listener.local_endpoint().addr().port();
+    let mut b_listener = b.listen(loopback()).await.expect("listen b");
+    let b_addr = b_listener.local_endpoint().addr();
+    let (dialed, accepted) = tokio::time::timeout(SAFETY_NET, async {
+        tokio::join!(a.dial(b_addr, None), b_listener.accept())
+    })
+    .await
+    .expect("safety net");
+    let (dialed, accepted) = (dialed.expect("dial"), accepted.expect("accept"));
+    assert_eq!(
+        dialed.local_addr().port(),
+        a_port,
+        "dial must leave from the listening port"
+    );
+    assert_eq!(accepted.remote_addr().port(), a_port);
+    assert_eq!(accepted.peer_id(), a.local_peer_id());
+    drop(a_listener);
+}
