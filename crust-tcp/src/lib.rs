@@ -6,8 +6,8 @@
 //!
 //! On connect both sides first send the 8-byte clear-text Crust preamble (magic `CRST` and
 //! the protocol versions they speak), so strangers and incompatible versions fail fast with
-//! [`Error::NotCrust`](crust_core::Error::NotCrust) or
-//! [`Error::VersionMismatch`](crust_core::Error::VersionMismatch). Then TLS 1.3 runs with
+//! [`Error::NotCrust`] or
+//! [`Error::VersionMismatch`]. Then TLS 1.3 runs with
 //! the nodes' self-signed certificates; the verifiers accept exactly the peer's key (and
 //! when dialling with an expected [`PeerId`], only that one). See `docs/protocol.md`.
 //!
