@@ -86,7 +86,7 @@ impl Default for TcpConfig {
 
 impl TcpConfig {
     /// Sets [`TcpConfig::connection`].
-    pub fn with_connection(mut self, connection: ConnectionConfig) -> Self {
+    pub fn with_connection_config(mut self, connection: ConnectionConfig) -> Self {
         self.connection = connection;
         self
     }

@@ -107,7 +107,7 @@ async fn a_silent_server_hits_the_handshake_timeout() {
     let timeout = Duration::from_millis(300);
     let client = transport(
         TcpConfig::default()
-            .with_connection(ConnectionConfig::default().with_handshake_timeout(timeout)),
+            .with_connection_config(ConnectionConfig::default().with_handshake_timeout(timeout)),
     );
     let err = tokio::time::timeout(SAFETY_NET, client.dial(addr, None))
         .await
@@ -122,7 +122,7 @@ async fn a_silent_server_hits_the_handshake_timeout() {
 
 #[tokio::test]
 async fn strangers_and_slow_peers_do_not_block_the_listener() {
-    let server = transport(TcpConfig::default().with_connection(
+    let server = transport(TcpConfig::default().with_connection_config(
         ConnectionConfig::default().with_handshake_timeout(Duration::from_secs(30)),
     ));
     let mut listener = server.listen(loopback()).await.expect("listen");
