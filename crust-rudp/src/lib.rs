@@ -1,1 +1,103 @@
-//! placeholder
+//! # crust-rudp
+//!
+//! Crust's reliable-UDP transport: [QUIC](https://www.rfc-editor.org/rfc/rfc9000) via
+//! [quinn](https://docs.rs/quinn), authenticated with the same mutual, key-pinned TLS 1.3
+//! configuration as every Crust transport ([`crust_core::tls`]), so a node has the same
+//! [`PeerId`](crust_core::PeerId) over rUDP as over TCP.
+//!
+//! [`RudpTransport`] implements [`crust_core::Transport`]; `crust-core` turns the
+//! authenticated stream it yields into a message-oriented
+//! [`Connection`](crust_core::Connection) with the same framing, limits and close semantics
+//! as on TCP.
+//!
+//! ```
+//! use crust_core::{Identity, Transport};
+//! use crust_rudp::{RudpConfig, RudpTransport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> crust_core::Result<()> {
+//! let server = RudpTransport::new(Identity::generate()?, RudpConfig::default())?;
+//! let client = RudpTransport::new(Identity::generate()?, RudpConfig::default())?;
+//!
+//! let mut listener = server.listen("127.0.0.1:0".parse().unwrap()).await?;
+//! let addr = listener.local_endpoint().addr();
+//!
+//! // Dial insisting on the server's identity; accept concurrently.
+//! let (dialled, accepted) = tokio::join!(
+//!     client.dial(addr, Some(server.local_peer_id())),
+//!     listener.accept(),
+//! );
+//! let (conn, mut incoming) = (dialled?, accepted?);
+//! assert_eq!(incoming.peer_id(), client.local_peer_id());
+//!
+//! conn.send("hello over QUIC".into()).await?;
+//! assert_eq!(&incoming.recv().await?[..], b"hello over QUIC");
+//! conn.close().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Design
+//!
+//! **One endpoint, one port.** A transport owns one quinn `Endpoint` (one UDP socket) that
+//! both listens and dials, so peers we dial see the port we listen on. That is what NAT hole
+//! punching needs: `crust-nat` punches with a socket and hands the very same socket over
+//! with [`RudpTransport::with_socket`]. With [`RudpTransport::new`], `listen` binds the
+//! socket; a dial made before any `listen` uses a client endpoint on an ephemeral port of
+//! the right address family (and dials after `listen` use the listening socket).
+//!
+//! **One bidirectional stream per connection.** After the QUIC handshake (TLS 1.3 with
+//! ALPN [`crust_core::wire::ALPN`] = `crust/1`, mutual certificates, key pinning) the
+//! dialer opens a single bidirectional stream that carries all of the connection's Crust
+//! frames, in both directions. Crust promises that messages arrive in the order sent; on
+//! one stream QUIC guarantees exactly that. The alternative, a unidirectional stream per
+//! message, would let messages overtake each other (streams are independent) and need
+//! sequence numbers and a reorder buffer to restore order, plus a stream-open per message;
+//! it would only pay off for independent messages, which Crust's API does not have. The
+//! price of one stream is head-of-line blocking after a lost packet, the same as TCP.
+//!
+//! **Stream-open preamble.** QUIC tells the acceptor about a new stream only when data
+//! arrives on it, so the dialer opens the stream by writing the 8-byte Crust preamble
+//! ([`crust_core::wire::preamble`]); the acceptor checks it with
+//! [`crust_core::wire::negotiate_version`] and answers with its own preamble, which the
+//! dialer checks in turn. Only then does either side hand the stream to `crust-core`. This
+//! costs one round trip after the QUIC handshake, and in return the dialer knows the peer
+//! accepted both its certificate and the protocol version before `dial` returns. The ALPN
+//! already guarantees both sides speak Crust; the preamble carries the version range like
+//! on TCP. The whole handshake (QUIC plus preamble exchange) is bounded by
+//! [`ConnectionConfig::handshake_timeout`](crust_core::ConnectionConfig), after which a
+//! dial fails with [`Error::HandshakeTimeout`](crust_core::Error::HandshakeTimeout). A dial
+//! with an expected `PeerId` that the peer does not hold fails with
+//! [`Error::PeerIdMismatch`](crust_core::Error::PeerIdMismatch) during the TLS handshake.
+//!
+//! **Listening.** An accept loop runs in its own task; every incoming handshake runs in its
+//! own task bounded by the handshake timeout, at most
+//! [`RudpConfig::max_concurrent_handshakes`] at a time. Authenticated streams are delivered
+//! through a bounded queue; failed handshakes are logged (`tracing`) and dropped. Dropping
+//! the listener stops accepting (new attempts are refused) while dials and established
+//! connections carry on.
+//!
+//! **Closing.** `crust-core` ends a connection gracefully by shutting down the write half.
+//! quinn's own shutdown only queues the stream's `FIN`, and a QUIC connection whose handles
+//! are all dropped is closed at once, dropping unacknowledged data. So the write half here
+//! sends `FIN` and then waits (bounded by the handshake timeout) until the peer has
+//! acknowledged all stream data; the QUIC connection handle stays alive in the stream's
+//! `keep_alive` until `crust-core` drops the connection. A peer that vanishes is detected by
+//! the idle timeout (keep-alives keep live but quiet connections, and their NAT mappings,
+//! open); read errors surface as I/O errors, which `crust-core` reports as
+//! [`Error::ConnectionClosed`](crust_core::Error::ConnectionClosed).
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod config;
+mod stream;
+mod transport;
+
+pub use config::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+    RudpConfig,
+};
+pub use transport::RudpTransport;
+
+/// The quinn version this crate is built on, for [`RudpTransport::with_abstract_socket`].
+pub use quinn;

@@ -1,0 +1,103 @@
+//! The write half handed to `crust-core`: a QUIC send stream whose graceful shutdown waits
+//! until the peer has acknowledged everything written.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+
+type StoppedFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    Result<Option<quinn::VarInt>, quinn::StoppedError>,
+                    tokio::time::error::Elapsed,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A [`quinn::SendStream`] whose `poll_shutdown` sends `FIN` and then waits (at most
+/// `linger`) until the peer has acknowledged all stream data.
+///
+/// quinn's own `poll_shutdown` only queues the `FIN`; if the connection is dropped right
+/// after, it is closed at once and data still in flight is lost. Waiting for the
+/// acknowledgement makes `Connection::close()` in `crust-core` deliver what was queued.
+pub(crate) struct QuicWriter {
+    send: quinn::SendStream,
+    linger: Duration,
+    stopped: Option<StoppedFuture>,
+}
+
+impl QuicWriter {
+    pub(crate) fn new(send: quinn::SendStream, linger: Duration) -> Self {
+        QuicWriter {
+            send,
+            linger,
+            stopped: None,
+        }
+    }
+}
+
+impl fmt::Debug for QuicWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicWriter")
+            .field("stream", &self.send.id())
+            .field("shutting_down", &self.stopped.is_some())
+            .finish()
+    }
+}
+
+impl AsyncWrite for QuicWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // quinn transmits written data without an explicit flush.
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.stopped.is_none() {
+            // Errors only if the stream was already finished or reset: harmless.
+            let _ = this.send.finish();
+            this.stopped = Some(Box::pin(tokio::time::timeout(
+                this.linger,
+                this.send.stopped(),
+            )));
+        }
+        let Some(stopped) = this.stopped.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let outcome = ready!(stopped.as_mut().poll(cx));
+        let stream = this.send.id();
+        Poll::Ready(match outcome {
+            Ok(Ok(None)) => Ok(()),
+            Ok(Ok(Some(code))) => {
+                tracing::debug!(?stream, %code, "peer stopped reading before our FIN was acknowledged");
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("peer stopped the stream with code {code}"),
+                ))
+            }
+            Ok(Err(e)) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)),
+            Err(_) => {
+                tracing::debug!(?stream, linger = ?this.linger, "peer did not acknowledge our FIN in time");
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer did not acknowledge the end of the stream in time",
+                ))
+            }
+        })
+    }
+}

@@ -1,0 +1,675 @@
+//! [`RudpTransport`]: the `Transport` implementation, and its listener.
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crust_core::wire::{self, MIN_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION};
+use crust_core::{
+    ConnectionConfig, ConnectionInfo, Direction, Endpoint, Error, Identity, Listener, PeerId,
+    Protocol, Result, SecureStream, Transport, tls,
+};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::config::RudpConfig;
+use crate::stream::QuicWriter;
+
+/// QUIC application error code sent when the peer's stream-open preamble is unacceptable.
+const CLOSE_PROTOCOL_ERROR: u32 = 1;
+
+/// The Crust reliable-UDP transport: QUIC (quinn) with Crust's mutual, key-pinned TLS 1.3.
+///
+/// One QUIC endpoint, i.e. one UDP socket, serves both [`listen`](Transport::listen) and
+/// [`dial`](Transport::dial), so dialled peers see the port we listen on (which is what NAT
+/// hole punching needs). See the [crate documentation](crate) for the design.
+pub struct RudpTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    identity: Identity,
+    config: RudpConfig,
+    transport_config: Arc<quinn::TransportConfig>,
+    server_config: quinn::ServerConfig,
+    endpoints: Mutex<Endpoints>,
+}
+
+/// The endpoints of a transport.
+#[derive(Default)]
+struct Endpoints {
+    /// The endpoint we listen on and dial from: the socket handed to
+    /// [`RudpTransport::with_socket`], or the one the first `listen` bound.
+    main: Option<Slot>,
+    /// `main` came from the caller; `listen` must reuse it rather than bind another socket.
+    main_is_given: bool,
+    /// Client-only endpoints on ephemeral ports, for dials before any `listen` or towards
+    /// the address family `main` cannot reach.
+    client_v4: Option<quinn::Endpoint>,
+    client_v6: Option<quinn::Endpoint>,
+}
+
+#[derive(Clone)]
+struct Slot {
+    endpoint: quinn::Endpoint,
+    state: Arc<Mutex<SlotState>>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    listening: bool,
+    /// The transport dials from this endpoint after its listener is gone: keep refusing
+    /// connection attempts (a prompt `CONNECTION_REFUSED`) instead of letting dialers time out.
+    keep_refusing: bool,
+    /// The task refusing connection attempts while nobody listens.
+    refuser: Option<JoinHandle<()>>,
+}
+
+impl Slot {
+    fn new(endpoint: quinn::Endpoint, listening: bool, keep_refusing: bool) -> Self {
+        Slot {
+            endpoint,
+            state: Arc::new(Mutex::new(SlotState {
+                listening,
+                keep_refusing,
+                refuser: None,
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the slot as listening; fails if it already is.
+    fn start_listening(&self, server_config: &quinn::ServerConfig) -> Result<()> {
+        let mut state = self.state();
+        if state.listening {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "already listening on this socket",
+            )));
+        }
+        state.listening = true;
+        if let Some(refuser) = state.refuser.take() {
+            refuser.abort();
+        }
+        self.endpoint.set_server_config(Some(server_config.clone()));
+        Ok(())
+    }
+
+    /// Called when the slot's listener is dropped.
+    fn stop_listening(&self) {
+        let mut state = self.state();
+        state.listening = false;
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if state.keep_refusing => {
+                let endpoint = self.endpoint.clone();
+                state.refuser = Some(runtime.spawn(async move {
+                    while let Some(incoming) = endpoint.accept().await {
+                        tracing::debug!(remote = %incoming.remote_address(), "not listening; refusing connection");
+                        incoming.refuse();
+                    }
+                }));
+            }
+            _ => self.endpoint.set_server_config(None),
+        }
+    }
+
+    /// Called when the transport is dropped: stop refusing, so the endpoint can go away.
+    fn retire(&self) {
+        let mut state = self.state();
+        state.keep_refusing = false;
+        if let Some(refuser) = state.refuser.take() {
+            refuser.abort();
+        }
+        if !state.listening {
+            self.endpoint.set_server_config(None);
+        }
+    }
+}
+
+impl RudpTransport {
+    /// A transport that binds its UDP socket on [`listen`](Transport::listen) (and, for dials
+    /// made before any `listen`, on an ephemeral port).
+    ///
+    /// Fails only if the TLS configuration cannot be built from the configured crypto
+    /// provider.
+    pub fn new(identity: Identity, config: RudpConfig) -> Result<Self> {
+        let inner = Inner::new(identity, config)?;
+        Ok(RudpTransport {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// A transport on an already-bound UDP socket, e.g. one through which a NAT hole was
+    /// just punched. Listening and dialling both use this very socket; [`listen`]'s address
+    /// must then be the socket's own address or have port 0.
+    ///
+    /// Must be called from within a tokio runtime.
+    ///
+    /// [`listen`]: Transport::listen
+    pub fn with_socket(
+        identity: Identity,
+        config: RudpConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<Self> {
+        ensure_runtime()?;
+        socket.set_nonblocking(true)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let socket = runtime.wrap_udp_socket(socket)?;
+        Self::with_abstract_socket(identity, config, socket)
+    }
+
+    /// A transport on a custom [`quinn::AsyncUdpSocket`], for simulations and tests (the
+    /// crate's packet-loss test wraps the real socket in one that drops datagrams).
+    ///
+    /// This exposes quinn's types; use the re-exported [`quinn`](crate::quinn) to get the
+    /// matching version. Must be called from within a tokio runtime.
+    pub fn with_abstract_socket(
+        identity: Identity,
+        config: RudpConfig,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+    ) -> Result<Self> {
+        ensure_runtime()?;
+        let inner = Inner::new(identity, config)?;
+        let endpoint = new_endpoint(socket)?;
+        {
+            let mut endpoints = inner.endpoints();
+            endpoints.main = Some(Slot::new(endpoint, false, true));
+            endpoints.main_is_given = true;
+        }
+        Ok(RudpTransport {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The configuration this transport was built with.
+    pub fn config(&self) -> &RudpConfig {
+        &self.inner.config
+    }
+
+    /// The local address of the socket we listen on and dial from, once there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        let endpoints = self.inner.endpoints();
+        endpoints
+            .main
+            .as_ref()
+            .and_then(|slot| slot.endpoint.local_addr().ok())
+    }
+}
+
+impl fmt::Debug for RudpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RudpTransport")
+            .field("peer_id", &self.inner.identity.peer_id())
+            .field("local_addr", &self.local_addr())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let endpoints = self.endpoints.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(main) = &endpoints.main {
+            main.retire();
+        }
+    }
+}
+
+impl Inner {
+    fn new(identity: Identity, config: RudpConfig) -> Result<Self> {
+        if config.keep_alive_interval >= config.idle_timeout {
+            return Err(Error::Transport(
+                format!(
+                    "keep-alive interval {:?} must be shorter than the idle timeout {:?}",
+                    config.keep_alive_interval, config.idle_timeout
+                )
+                .into(),
+            ));
+        }
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(config.keep_alive_interval))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .map_err(|e| Error::Transport(Box::new(e)))?,
+            ))
+            // One bidirectional stream per connection carries every message; nothing else
+            // may be opened by the peer.
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        let transport_config = Arc::new(transport);
+
+        let tls = tls::server_config(&identity, config.crypto_provider.clone(), &[wire::ALPN])?;
+        let quic = QuicServerConfig::try_from(Arc::new(tls))
+            .map_err(|e| Error::Handshake(format!("quic server configuration: {e}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server_config.transport_config(transport_config.clone());
+
+        Ok(Inner {
+            identity,
+            config,
+            transport_config,
+            server_config,
+            endpoints: Mutex::new(Endpoints::default()),
+        })
+    }
+
+    fn endpoints(&self) -> MutexGuard<'_, Endpoints> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The endpoint to listen on for `addr`, bound if necessary and marked as listening.
+    fn listen_slot(&self, addr: SocketAddr) -> Result<Slot> {
+        let mut endpoints = self.endpoints();
+        if let Some(main) = endpoints.main.clone() {
+            let local = main.endpoint.local_addr()?;
+            let matches = addr == local
+                || (addr.port() == 0
+                    && addr.is_ipv4() == local.is_ipv4()
+                    && (addr.ip().is_unspecified() || addr.ip() == local.ip()));
+            if endpoints.main_is_given || matches {
+                if !matches {
+                    return Err(Error::Io(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "this transport's socket is bound to {local}, cannot listen on {addr}"
+                        ),
+                    )));
+                }
+                main.start_listening(&self.server_config)?;
+                return Ok(main);
+            }
+        }
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let endpoint = new_endpoint(runtime.wrap_udp_socket(socket)?)?;
+        endpoint.set_server_config(Some(self.server_config.clone()));
+        let is_main = endpoints.main.is_none();
+        let slot = Slot::new(endpoint, true, is_main);
+        if is_main {
+            // From now on we dial from the port we listen on.
+            endpoints.main = Some(slot.clone());
+        }
+        Ok(slot)
+    }
+
+    /// The endpoint to dial `addr` from: the main one if it can reach that address family,
+    /// otherwise a client endpoint on an ephemeral port.
+    fn dial_endpoint(&self, addr: SocketAddr) -> Result<quinn::Endpoint> {
+        let mut endpoints = self.endpoints();
+        if let Some(main) = &endpoints.main {
+            let local = main.endpoint.local_addr()?;
+            let reachable = local.is_ipv4() == addr.is_ipv4()
+                || (local.is_ipv6() && local.ip().is_unspecified());
+            if reachable {
+                return Ok(main.endpoint.clone());
+            }
+        }
+        let slot = if addr.is_ipv4() {
+            &mut endpoints.client_v4
+        } else {
+            &mut endpoints.client_v6
+        };
+        if let Some(endpoint) = slot {
+            return Ok(endpoint.clone());
+        }
+        let bind: SocketAddr = if addr.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let endpoint = new_endpoint(runtime.wrap_udp_socket(socket)?)?;
+        tracing::debug!(local = ?endpoint.local_addr().ok(), "bound client endpoint for dialling");
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    fn client_config(
+        &self,
+        expected: Option<PeerId>,
+    ) -> Result<(quinn::ClientConfig, Arc<tls::PeerKeyVerifier>)> {
+        let (tls, verifier) = tls::client_config(
+            &self.identity,
+            self.config.crypto_provider.clone(),
+            expected,
+            &[wire::ALPN],
+        )?;
+        let quic = QuicClientConfig::try_from(Arc::new(tls))
+            .map_err(|e| Error::Handshake(format!("quic client configuration: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(self.transport_config.clone());
+        Ok((client, verifier))
+    }
+
+    async fn dial(&self, addr: SocketAddr, expected: Option<PeerId>) -> Result<SecureStream> {
+        let endpoint = self.dial_endpoint(addr)?;
+        let (client, verifier) = self.client_config(expected)?;
+        let timeout = self.config.connection.handshake_timeout;
+        let linger = self.config.connection.handshake_timeout;
+        let handshake = async {
+            let connecting = endpoint
+                .connect_with(client, addr, tls::SERVER_NAME)
+                .map_err(|e| Error::Transport(Box::new(e)))?;
+            let conn = connecting
+                .await
+                .map_err(|e| tls::dial_handshake_error(&verifier, e))?;
+            let peer_id = peer_id_of(&conn)?;
+            if let Some(expected) = expected {
+                if expected != peer_id {
+                    conn.close(CLOSE_PROTOCOL_ERROR.into(), b"unexpected peer");
+                    return Err(Error::PeerIdMismatch {
+                        expected,
+                        actual: peer_id,
+                    });
+                }
+            }
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| Error::Handshake(format!("opening the stream: {e}")))?;
+            send.write_all(&wire::preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION))
+                .await
+                .map_err(|e| Error::Handshake(format!("sending the preamble: {e}")))?;
+            read_preamble(&conn, &mut recv).await?;
+            let local_addr = outbound_local_addr(&endpoint, addr)?;
+            Ok(secure_stream(
+                conn,
+                send,
+                recv,
+                peer_id,
+                local_addr,
+                Direction::Outbound,
+                linger,
+            ))
+        };
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(stream)) => {
+                tracing::debug!(peer = %stream.info.peer_id, remote = %addr, "dialled");
+                Ok(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(remote = %addr, error = %e, "dial failed");
+                Err(e)
+            }
+            Err(_) => {
+                tracing::debug!(remote = %addr, ?timeout, "dial handshake timed out");
+                Err(Error::HandshakeTimeout(timeout))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for RudpTransport {
+    fn protocol(&self) -> Protocol {
+        Protocol::Rudp
+    }
+
+    fn local_peer_id(&self) -> PeerId {
+        self.inner.identity.peer_id()
+    }
+
+    fn connection_config(&self) -> &ConnectionConfig {
+        &self.inner.config.connection
+    }
+
+    async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>> {
+        let slot = self.inner.listen_slot(addr)?;
+        let local = slot.endpoint.local_addr()?;
+        let capacity = self.inner.config.max_concurrent_handshakes.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let task = tokio::spawn(accept_loop(
+            slot.endpoint.clone(),
+            local,
+            tx,
+            Arc::new(Semaphore::new(capacity)),
+            self.inner.config.connection.handshake_timeout,
+        ));
+        tracing::debug!(%local, peer_id = %self.inner.identity.peer_id(), "listening");
+        Ok(Box::new(RudpListener {
+            local: Endpoint::rudp(local),
+            config: self.inner.config.connection.clone(),
+            incoming: rx,
+            task,
+            slot,
+        }))
+    }
+
+    async fn dial_stream(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+    ) -> Result<SecureStream> {
+        self.inner.dial(addr, expected).await
+    }
+}
+
+/// The listener of a [`RudpTransport`]: accepts and authenticates incoming connections in a
+/// background task; dropping it stops accepting.
+struct RudpListener {
+    local: Endpoint,
+    config: ConnectionConfig,
+    incoming: mpsc::Receiver<SecureStream>,
+    task: JoinHandle<()>,
+    slot: Slot,
+}
+
+impl fmt::Debug for RudpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RudpListener")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RudpListener {
+    fn drop(&mut self) {
+        // Refuse new connection attempts; the endpoint keeps serving dials and the
+        // connections already accepted.
+        self.task.abort();
+        self.slot.stop_listening();
+    }
+}
+
+#[async_trait]
+impl Listener for RudpListener {
+    fn local_endpoint(&self) -> Endpoint {
+        self.local
+    }
+
+    fn connection_config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    async fn accept_stream(&mut self) -> Result<SecureStream> {
+        self.incoming.recv().await.ok_or_else(|| {
+            Error::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the QUIC endpoint stopped accepting connections",
+            ))
+        })
+    }
+}
+
+/// Accepts connection attempts, running at most `handshakes.available_permits()` handshakes
+/// at once, and delivers authenticated streams to `tx`. Handshake tasks live in a `JoinSet`
+/// owned by this task, so aborting it (dropping the listener) aborts them too.
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    local: SocketAddr,
+    tx: mpsc::Sender<SecureStream>,
+    handshakes: Arc<Semaphore>,
+    timeout: Duration,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = handshakes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = tx.closed() => break,
+        };
+        let incoming = loop {
+            tokio::select! {
+                biased;
+                Some(_) = tasks.join_next() => {}
+                _ = tx.closed() => break None,
+                incoming = endpoint.accept() => break incoming,
+            }
+        };
+        let Some(incoming) = incoming else {
+            break;
+        };
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(timeout, accept_one(incoming, local, timeout)).await {
+                Ok(Ok(stream)) => {
+                    tracing::debug!(peer = %stream.info.peer_id, %remote, "accepted");
+                    if tx.send(stream).await.is_err() {
+                        tracing::debug!(%remote, "listener gone; dropping accepted connection");
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, error = %e, "incoming handshake failed");
+                }
+                Err(_) => {
+                    tracing::info!(%remote, ?timeout, "incoming handshake timed out");
+                }
+            }
+            drop(permit);
+        });
+    }
+    tracing::debug!(%local, "accept loop finished");
+    tasks.shutdown().await;
+}
+
+async fn accept_one(
+    incoming: quinn::Incoming,
+    local: SocketAddr,
+    linger: Duration,
+) -> Result<SecureStream> {
+    let conn = incoming
+        .await
+        .map_err(|e| Error::Handshake(e.to_string()))?;
+    let peer_id = peer_id_of(&conn)?;
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| Error::Handshake(format!("waiting for the stream: {e}")))?;
+    read_preamble(&conn, &mut recv).await?;
+    send.write_all(&wire::preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION))
+        .await
+        .map_err(|e| Error::Handshake(format!("sending the preamble: {e}")))?;
+    let local_addr = SocketAddr::new(conn.local_ip().unwrap_or(local.ip()), local.port());
+    Ok(secure_stream(
+        conn,
+        send,
+        recv,
+        peer_id,
+        local_addr,
+        Direction::Inbound,
+        linger,
+    ))
+}
+
+/// Reads and checks the peer's 8-byte preamble at the start of the stream.
+async fn read_preamble(conn: &quinn::Connection, recv: &mut quinn::RecvStream) -> Result<u16> {
+    let mut theirs = [0u8; PREAMBLE_LEN];
+    match recv.read_exact(&mut theirs).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(Error::NotCrust),
+        Err(quinn::ReadExactError::ReadError(e)) => {
+            return Err(Error::Handshake(format!("reading the preamble: {e}")));
+        }
+    }
+    wire::negotiate_version(&theirs, PROTOCOL_VERSION, MIN_PROTOCOL_VERSION).inspect_err(|_| {
+        conn.close(CLOSE_PROTOCOL_ERROR.into(), b"bad preamble");
+    })
+}
+
+/// The authenticated `PeerId` of an established connection.
+fn peer_id_of(conn: &quinn::Connection) -> Result<PeerId> {
+    let identity = conn
+        .peer_identity()
+        .ok_or_else(|| Error::Handshake("peer presented no certificate".into()))?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| Error::Handshake("unexpected peer identity type".into()))?;
+    tls::peer_id_from_certificates(Some(&certs))
+}
+
+/// Our address as the peer sees it for an outbound connection: when the endpoint is bound to
+/// a wildcard address, ask the routing table which source address reaches `remote`.
+fn outbound_local_addr(endpoint: &quinn::Endpoint, remote: SocketAddr) -> Result<SocketAddr> {
+    let local = endpoint.local_addr()?;
+    if !local.ip().is_unspecified() {
+        return Ok(local);
+    }
+    let probe_bind: SocketAddr = if remote.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    // A connected UDP socket sends nothing; it only lets the kernel pick the source address.
+    let ip = std::net::UdpSocket::bind(probe_bind)
+        .and_then(|probe| {
+            probe.connect(remote)?;
+            probe.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(local.ip());
+    Ok(SocketAddr::new(ip, local.port()))
+}
+
+fn secure_stream(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    peer_id: PeerId,
+    local_addr: SocketAddr,
+    direction: Direction,
+    linger: Duration,
+) -> SecureStream {
+    SecureStream {
+        info: ConnectionInfo {
+            peer_id,
+            local_addr,
+            remote_addr: conn.remote_address(),
+            protocol: Protocol::Rudp,
+            direction,
+        },
+        reader: Box::new(recv),
+        writer: Box::new(QuicWriter::new(send, linger)),
+        keep_alive: Some(Box::new(conn)),
+    }
+}
+
+fn new_endpoint(socket: Arc<dyn quinn::AsyncUdpSocket>) -> Result<quinn::Endpoint> {
+    Ok(quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+fn ensure_runtime() -> Result<()> {
+    tokio::runtime::Handle::try_current()
+        .map(|_| ())
+        .map_err(|e| Error::Io(io::Error::other(e)))
+}
