@@ -135,16 +135,37 @@ const COMMANDS_PER_BATCH: usize = 256;
 
 enum Command {
     Frame(FrameKind, Bytes),
-    Close(oneshot::Sender<()>),
+    /// End our sending direction once everything queued before it is written; answer when done.
+    Finish(oneshot::Sender<()>),
 }
 
 struct Shared {
     info: ConnectionInfo,
-    /// Cancelled when the connection is finished for any reason.
+    /// Cancelled when the connection is over: both directions finished, or aborted.
     closed: CancellationToken,
+    /// Cancelled when the peer ended its stream cleanly.
+    peer_finished: CancellationToken,
+    /// Cancelled when we ended our stream cleanly.
+    we_finished: CancellationToken,
     /// How long a graceful close may take before the connection is aborted.
     close_timeout: std::time::Duration,
     _keep_alive: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl Shared {
+    fn mark_peer_finished(&self) {
+        self.peer_finished.cancel();
+        if self.we_finished.is_cancelled() {
+            self.closed.cancel();
+        }
+    }
+
+    fn mark_we_finished(&self) {
+        self.we_finished.cancel();
+        if self.peer_finished.is_cancelled() {
+            self.closed.cancel();
+        }
+    }
 }
 
 /// An authenticated connection to one peer that sends and receives whole messages.
@@ -174,6 +195,8 @@ impl Connection {
         let shared = Arc::new(Shared {
             info: stream.info,
             closed: CancellationToken::new(),
+            peer_finished: CancellationToken::new(),
+            we_finished: CancellationToken::new(),
             close_timeout: config.handshake_timeout,
             _keep_alive: stream.keep_alive,
         });
@@ -286,15 +309,15 @@ impl MessageSender {
             .map_err(|_| Error::ConnectionClosed)
     }
 
-    /// Writes everything queued before this call, ends the stream gracefully (TLS
-    /// `close_notify`, QUIC `FIN`) and closes the connection. Later sends fail with
-    /// [`Error::ConnectionClosed`]; a pending `recv()` returns it. If the peer stops reading
-    /// so that queued data cannot be written, the connection is aborted once the queue
-    /// has been stuck for the handshake timeout.
-    pub async fn close(&self) {
+    /// Writes everything queued before this call and ends our sending direction gracefully
+    /// (TLS `close_notify`, QUIC `FIN`), while the receiver keeps delivering what the peer
+    /// still sends until it ends its side too. Later sends fail with
+    /// [`Error::ConnectionClosed`]. If the queue cannot be written within the handshake
+    /// timeout (the peer stopped reading), the connection is aborted.
+    pub async fn finish(&self) {
         let graceful = async {
             let (ack_tx, ack_rx) = oneshot::channel();
-            if self.tx.send(Command::Close(ack_tx)).await.is_ok() {
+            if self.tx.send(Command::Finish(ack_tx)).await.is_ok() {
                 let _ = ack_rx.await;
             }
         };
@@ -302,8 +325,22 @@ impl MessageSender {
             .await
             .is_err()
         {
-            tracing::debug!(peer = %self.shared.info.peer_id, "graceful close timed out; aborting");
+            tracing::debug!(peer = %self.shared.info.peer_id, "graceful finish timed out; aborting");
+            self.abort();
         }
+    }
+
+    /// Writes everything queued before this call, ends the stream gracefully (TLS
+    /// `close_notify`, QUIC `FIN`) and closes the connection in both directions: later sends
+    /// fail with [`Error::ConnectionClosed`] and a pending `recv()` returns it. Bounded like
+    /// [`MessageSender::finish`].
+    pub async fn close(&self) {
+        self.finish().await;
+        self.shared.closed.cancel();
+    }
+
+    /// Closes the connection at once, dropping whatever is still queued.
+    pub fn abort(&self) {
         self.shared.closed.cancel();
     }
 
@@ -384,8 +421,15 @@ impl MessageReceiver {
                     other => other,
                 })
             }
-            None => {
+            None if self.shared.closed.is_cancelled() => {
                 self.fail();
+                Err(Error::ConnectionClosed)
+            }
+            None => {
+                // The peer ended its stream cleanly: let our writer deliver what is queued
+                // and end our side too.
+                self.frames = None;
+                self.shared.mark_peer_finished();
                 Err(Error::ConnectionClosed)
             }
         }
@@ -410,52 +454,77 @@ impl fmt::Debug for MessageReceiver {
     }
 }
 
+enum WriterOutcome {
+    /// Our direction ended gracefully (asked to, every sender gone, or the peer finished).
+    Finished(Option<oneshot::Sender<()>>),
+    /// The connection was aborted.
+    Aborted,
+    /// Writing failed.
+    Failed(std::io::Error),
+}
+
 async fn run_writer(mut writer: BoxedWriter, mut rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
-    let closed = shared.closed.clone();
     let peer = shared.info.peer_id;
     let outcome = tokio::select! {
         biased;
-        _ = closed.cancelled() => Ok(None),
-        outcome = write_loop(&mut writer, &mut rx) => outcome,
+        _ = shared.closed.cancelled() => WriterOutcome::Aborted,
+        result = write_loop(&mut writer, &mut rx, &shared.peer_finished) => match result {
+            Ok(ack) => WriterOutcome::Finished(ack),
+            Err(e) => WriterOutcome::Failed(e),
+        },
     };
     rx.close();
     match outcome {
-        Ok(Some(ack)) => {
-            // Graceful close requested: the queue is drained, end the stream.
+        WriterOutcome::Finished(ack) => {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.shutdown()).await;
-            let _ = ack.send(());
+            shared.mark_we_finished();
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
         }
-        Ok(None) => {
-            // Either every sender is gone (end the stream gracefully) or the connection was
-            // aborted (a protocol violation, a local close that timed out): still try to end
-            // the stream so that the peer sees the end promptly, but only briefly.
-            let grace = if closed.is_cancelled() {
-                ABORT_GRACE
-            } else {
-                SHUTDOWN_GRACE
-            };
-            let _ = tokio::time::timeout(grace, writer.shutdown()).await;
+        WriterOutcome::Aborted => {
+            // Still try to end the stream so the peer notices promptly, but only briefly.
+            let _ = tokio::time::timeout(ABORT_GRACE, writer.shutdown()).await;
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "connection failed while sending"),
+        WriterOutcome::Failed(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed while sending");
+            shared.closed.cancel();
+        }
     }
-    closed.cancel();
-    // Dropping the remaining commands answers any waiting `close()` callers.
+    // Dropping the remaining commands answers any waiting `finish()` callers.
     while rx.try_recv().is_ok() {}
 }
 
-/// Writes queued frames until the queue is closed (`Ok(None)`), a close is requested
-/// (`Ok(Some(ack))`) or writing fails.
+/// Writes queued frames until our direction should end: a finish was requested
+/// (`Ok(Some(ack))`), every sender is gone or the peer finished and the queue is drained
+/// (`Ok(None)`). Fails when writing fails.
 async fn write_loop(
     writer: &mut BoxedWriter,
     rx: &mut mpsc::Receiver<Command>,
+    peer_finished: &CancellationToken,
 ) -> std::io::Result<Option<oneshot::Sender<()>>> {
     let mut batch = Vec::with_capacity(COMMANDS_PER_BATCH);
     let mut buf = BytesMut::new();
+    let mut draining = false;
     loop {
-        if rx.recv_many(&mut batch, COMMANDS_PER_BATCH).await == 0 {
+        let received = if draining {
+            rx.recv_many(&mut batch, COMMANDS_PER_BATCH).await
+        } else {
+            tokio::select! {
+                received = rx.recv_many(&mut batch, COMMANDS_PER_BATCH) => received,
+                _ = peer_finished.cancelled() => {
+                    // Accept nothing new, deliver what is queued, then end our side.
+                    rx.close();
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        if received == 0 {
+            writer.flush().await?;
             return Ok(None);
         }
-        let mut close_ack = None;
+        let mut finish_ack = None;
         for command in batch.drain(..) {
             match command {
                 Command::Frame(kind, payload) => {
@@ -472,9 +541,22 @@ async fn write_loop(
                         }
                     }
                 }
-                Command::Close(ack) => {
-                    close_ack = Some(ack);
+                Command::Finish(ack) => {
+                    finish_ack = Some(ack);
                     rx.close();
+                }
+            }
+        }
+        if finish_ack.is_some() {
+            // Frames that raced into the queue before it closed are still delivered.
+            while let Ok(command) = rx.try_recv() {
+                if let Command::Frame(kind, payload) = command {
+                    encode_into(&mut buf, kind, &payload)?;
+                    buf.extend_from_slice(&payload);
+                    if buf.len() >= WRITE_BATCH_BYTES {
+                        writer.write_all(&buf).await?;
+                        buf.clear();
+                    }
                 }
             }
         }
@@ -482,20 +564,10 @@ async fn write_loop(
             writer.write_all(&buf).await?;
             buf.clear();
         }
-        if close_ack.is_some() {
-            // Frames queued before the queue closed are still delivered.
-            while let Ok(command) = rx.try_recv() {
-                if let Command::Frame(kind, payload) = command {
-                    encode_into(&mut buf, kind, &payload)?;
-                    buf.extend_from_slice(&payload);
-                    writer.write_all(&buf).await?;
-                    buf.clear();
-                }
-            }
-            writer.flush().await?;
-            return Ok(close_ack);
-        }
         writer.flush().await?;
+        if finish_ack.is_some() {
+            return Ok(finish_ack);
+        }
         if buf.capacity() > 4 * WRITE_BATCH_BYTES {
             // Do not keep a large buffer around on idle connections.
             buf = BytesMut::new();
