@@ -276,7 +276,8 @@ impl Inner {
                 || (addr.port() == 0
                     && addr.is_ipv4() == local.is_ipv4()
                     && (addr.ip().is_unspecified() || addr.ip() == local.ip()));
-            if endpoints.main_is_given || matches {
+            let reuse = endpoints.main_is_given || (matches && !main.state().listening);
+            if reuse {
                 if !matches {
                     return Err(Error::Io(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -303,14 +304,17 @@ impl Inner {
         Ok(slot)
     }
 
-    /// The endpoint to dial `addr` from: the main one if it can reach that address family,
-    /// otherwise a client endpoint on an ephemeral port.
+    /// The endpoint to dial `addr` from: the main one if it can reach `addr` (address family,
+    /// loopback), otherwise a client endpoint on an ephemeral port.
     fn dial_endpoint(&self, addr: SocketAddr) -> Result<quinn::Endpoint> {
         let mut endpoints = self.endpoints();
         if let Some(main) = &endpoints.main {
             let local = main.endpoint.local_addr()?;
-            let reachable = local.is_ipv4() == addr.is_ipv4()
+            let family_ok = local.is_ipv4() == addr.is_ipv4()
                 || (local.is_ipv6() && local.ip().is_unspecified());
+            // A socket bound to loopback cannot reach other hosts.
+            let scope_ok = !local.ip().is_loopback() || addr.ip().is_loopback();
+            let reachable = family_ok && scope_ok;
             if reachable {
                 return Ok(main.endpoint.clone());
             }

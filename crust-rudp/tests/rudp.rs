@@ -207,6 +207,19 @@ async fn dials_after_listen_use_the_listening_port() {
         assert_eq!(a.local_addr().map(|x| x.port()), Some(a_port));
         let (_c2, s2) = connect(&a, &mut b_listener, b.local_peer_id()).await;
         assert_eq!(s2.remote_addr().port(), a_port);
+
+        // A second listener gets a socket of its own; dials stay on the first one.
+        let mut second = a.listen(loopback()).await.expect("second listen");
+        let second_port = second.local_endpoint().addr().port();
+        assert_ne!(second_port, a_port);
+        let (_c3, s3) = connect(&b, &mut second, a.local_peer_id()).await;
+        assert_eq!(s3.peer_id(), b.local_peer_id());
+        assert_eq!(a.local_addr().map(|x| x.port()), Some(a_port));
+
+        // Listening again after the first listener is gone reuses its socket.
+        drop(a_listener);
+        let again = a.listen(loopback()).await.expect("listen again");
+        assert_eq!(again.local_endpoint().addr().port(), a_port);
     })
     .await
 }
