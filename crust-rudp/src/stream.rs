@@ -22,7 +22,9 @@ type StoppedFuture = Pin<
 >;
 
 /// A [`quinn::SendStream`] whose `poll_shutdown` sends `FIN` and then waits (at most
-/// `linger`) until the peer has acknowledged all stream data.
+/// `linger`) until the peer has acknowledged all stream data. Dropped without a shutdown
+/// (an aborted connection), it resets the stream, so the peer sees an error rather than a
+/// clean end.
 ///
 /// quinn's own `poll_shutdown` only queues the `FIN`; if the connection is dropped right
 /// after, it is closed at once and data still in flight is lost. Waiting for the
@@ -39,6 +41,20 @@ impl QuicWriter {
             send,
             linger,
             stopped: None,
+        }
+    }
+}
+
+/// Application error code of a stream reset because the connection was aborted.
+const RESET_ABORTED: u32 = 1;
+
+impl Drop for QuicWriter {
+    fn drop(&mut self) {
+        // Dropped without a graceful shutdown: the connection was aborted (or writing
+        // failed). quinn would finish the stream on drop, making the abort look like a clean
+        // end to the peer; reset it instead, dropping whatever is still buffered.
+        if self.stopped.is_none() {
+            let _ = self.send.reset(RESET_ABORTED.into());
         }
     }
 }

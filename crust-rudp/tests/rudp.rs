@@ -336,6 +336,41 @@ async fn acknowledged_data_survives_the_close() {
     .await
 }
 
+/// A write half dropped without a graceful shutdown resets the QUIC stream: the peer sees
+/// an error, not a clean end of stream, so its connection is closed for sending too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_dropped_without_shutdown_is_reset() {
+    init_tracing();
+    within(async {
+        let server = transport(RudpConfig::default());
+        let mut listener = server.listen(loopback()).await.expect("listen");
+        let addr = listener.local_endpoint().addr();
+        let client = transport(RudpConfig::default());
+        let (raw, accepted) = tokio::join!(
+            client.dial_stream(addr, Some(server.local_peer_id())),
+            listener.accept()
+        );
+        let raw = raw.expect("dial_stream");
+        let mut incoming = accepted.expect("accept");
+        // Drop only the write half; the QUIC connection stays up.
+        let crust_core::SecureStream {
+            writer,
+            reader: _reader,
+            keep_alive: _keep_alive,
+            ..
+        } = raw;
+        drop(writer);
+        let err = incoming.recv().await.expect_err("reset");
+        assert!(matches!(err, Error::ConnectionClosed), "{err:?}");
+        let err = incoming
+            .send(Bytes::from_static(b"too late"))
+            .await
+            .expect_err("connection is closed");
+        assert!(matches!(err, Error::ConnectionClosed), "{err:?}");
+    })
+    .await
+}
+
 /// A peer that goes silent (all its datagrams lost) is detected by the idle timeout and
 /// surfaces as `ConnectionClosed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
