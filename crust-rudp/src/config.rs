@@ -1,5 +1,6 @@
 //! [`RudpConfig`]: the knobs of the rUDP transport.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 64;
 ///     .with_max_concurrent_handshakes(16);
 /// assert_eq!(config.connection.max_message_size, 1 << 20);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RudpConfig {
     /// Limits shared with every Crust transport (message size, send queue, handshake
@@ -69,6 +70,18 @@ impl Default for RudpConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
         }
+    }
+}
+
+impl fmt::Debug for RudpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The crypto provider's Debug lists every cipher suite and key-exchange group.
+        f.debug_struct("RudpConfig")
+            .field("connection", &self.connection)
+            .field("keep_alive_interval", &self.keep_alive_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_concurrent_handshakes", &self.max_concurrent_handshakes)
+            .finish_non_exhaustive()
     }
 }
 

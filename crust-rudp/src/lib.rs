@@ -98,6 +98,13 @@
 //! the idle timeout (keep-alives keep live but quiet connections, and their NAT mappings,
 //! open); read errors surface as I/O errors, which `crust-core` reports as
 //! [`Error::ConnectionClosed`](crust_core::Error::ConnectionClosed).
+//!
+//! ## Testing
+//!
+//! Besides `crust-core`'s conformance kit, the crate's tests run a connection over sockets
+//! that drop 5 % of their datagrams (seeded, on both sides) and check that every message
+//! arrives intact and in order. Such custom sockets plug in through
+//! [`RudpTransport::with_abstract_socket`], which takes any [`quinn::AsyncUdpSocket`].
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

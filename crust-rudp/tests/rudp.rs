@@ -371,6 +371,65 @@ async fn stream_dropped_without_shutdown_is_reset() {
     .await
 }
 
+/// With one handshake slot, a peer that completes QUIC but never opens the Crust stream
+/// holds the slot only until the handshake timeout; an honest dialer queued behind it then
+/// gets through, and the stalling peer is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshake_is_bounded_and_frees_its_slot() {
+    use crust_rudp::quinn;
+    use std::sync::Arc;
+
+    init_tracing();
+    within(async {
+        let handshake_timeout = Duration::from_millis(500);
+        let server = transport(
+            RudpConfig::default()
+                .with_max_concurrent_handshakes(1)
+                .with_connection_config(
+                    ConnectionConfig::default().with_handshake_timeout(handshake_timeout),
+                ),
+        );
+        let mut listener = server.listen(loopback()).await.expect("listen");
+        let addr = listener.local_endpoint().addr();
+
+        // A raw QUIC client with a valid Crust certificate that never opens the stream.
+        let staller = Identity::generate().expect("identity");
+        let (tls, _) = crust_core::tls::client_config(
+            &staller,
+            crust_core::tls::default_crypto_provider(),
+            None,
+            &[crust_core::wire::ALPN],
+        )
+        .expect("tls");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("quic");
+        let endpoint = quinn::Endpoint::client(loopback()).expect("endpoint");
+        let stalled = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(quic)), addr, "crust")
+            .expect("connect")
+            .await
+            .expect("quic handshake");
+
+        let client = transport(RudpConfig::default());
+        let started = Instant::now();
+        let (dialled, accepted) = tokio::join!(
+            client.dial(addr, Some(server.local_peer_id())),
+            listener.accept()
+        );
+        dialled.expect("honest dial");
+        assert_eq!(accepted.expect("accept").peer_id(), client.local_peer_id());
+        // It had to wait for the stalled handshake's slot.
+        assert!(
+            started.elapsed() >= handshake_timeout / 2,
+            "{:?}",
+            started.elapsed()
+        );
+        // The staller was dropped.
+        let reason = stalled.closed().await;
+        tracing::debug!(%reason, "staller closed");
+    })
+    .await
+}
+
 /// A peer that goes silent (all its datagrams lost) is detected by the idle timeout and
 /// surfaces as `ConnectionClosed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
