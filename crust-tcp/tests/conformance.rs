@@ -5,8 +5,11 @@ use crust_tcp::{TcpConfig, TcpTransport};
 
 fn tcp(identity: Identity, connection: ConnectionConfig) -> Box<dyn Transport> {
     Box::new(
-        TcpTransport::new(identity, TcpConfig::default().with_connection_config(connection))
-            .expect("tcp transport"),
+        TcpTransport::new(
+            identity,
+            TcpConfig::default().with_connection_config(connection),
+        )
+        .expect("tcp transport"),
     )
 }
 
