@@ -128,8 +128,6 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 const DIRECT_WRITE_BYTES: usize = 16 * 1024;
 /// Time a graceful end of stream may take once everything queued is written.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-/// Time an aborted connection may spend telling the peer it ends.
-const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Commands taken from the queue per batch.
 const COMMANDS_PER_BATCH: usize = 256;
 
@@ -252,6 +250,11 @@ impl Connection {
     /// See [`MessageSender::close`].
     pub async fn close(&self) {
         self.sender.close().await
+    }
+
+    /// Closes the connection at once, dropping whatever is still queued.
+    pub fn abort(&self) {
+        self.sender.abort()
     }
 
     /// A sending handle that can be cloned and moved to other tasks.
@@ -483,8 +486,9 @@ async fn run_writer(mut writer: BoxedWriter, mut rx: mpsc::Receiver<Command>, sh
             }
         }
         WriterOutcome::Aborted => {
-            // Still try to end the stream so the peer notices promptly, but only briefly.
-            let _ = tokio::time::timeout(ABORT_GRACE, writer.shutdown()).await;
+            // Drop the write half without a graceful end: the peer sees an error (TLS
+            // without close_notify, a QUIC stream reset), not a clean end it would drain.
+            drop(writer);
         }
         WriterOutcome::Failed(e) => {
             tracing::debug!(%peer, error = %e, "connection failed while sending");

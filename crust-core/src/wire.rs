@@ -95,6 +95,10 @@ pub enum FrameKind {
     PeerExchange,
     /// Control: connection information relayed through a common peer (hole-punch rendezvous).
     ConnectionInfoRelay,
+    /// Control: the sender is about to end this connection because another connection to
+    /// the same peer replaces it (duplicate resolution); the receiver should expect the
+    /// successor instead of reporting the peer lost.
+    Superseded,
     /// A kind this build does not know.
     Unknown(u8),
 }
@@ -109,6 +113,7 @@ impl FrameKind {
             FrameKind::ObservedAddress => 3,
             FrameKind::PeerExchange => 4,
             FrameKind::ConnectionInfoRelay => 5,
+            FrameKind::Superseded => 6,
             FrameKind::Unknown(b) => b,
         }
     }
@@ -122,6 +127,7 @@ impl FrameKind {
             3 => FrameKind::ObservedAddress,
             4 => FrameKind::PeerExchange,
             5 => FrameKind::ConnectionInfoRelay,
+            6 => FrameKind::Superseded,
             other => FrameKind::Unknown(other),
         }
     }

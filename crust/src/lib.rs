@@ -1,1 +1,52 @@
-//! placeholder
+//! # crust
+//!
+//! Reliable peer-to-peer connections with NAT traversal, for server-less, decentralised
+//! programs. A [`Service`] listens on TCP (TLS 1.3) and reliable UDP (QUIC), connects to
+//! peers TCP-first with a reliable-UDP fallback, keeps at most one connection between any
+//! two nodes, and hands everything up as [`Event`]s. Every connection is encrypted and
+//! mutually authenticated: a peer is its key ([`PeerId`]).
+//!
+//! The facade composes the sibling crates (`crust-tcp`, `crust-rudp`) as
+//! `Box<dyn Transport>`; [`Service::with_transports`] takes your own stack instead.
+//!
+//! ```
+//! use crust::{Event, Service, ServiceConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), crust::Error> {
+//! let (alice, mut alice_events) = Service::new(ServiceConfig::loopback())?;
+//! let (bob, mut bob_events) = Service::new(ServiceConfig::loopback())?;
+//! alice.start_listening().await?;
+//! bob.start_listening().await?;
+//!
+//! alice.connect(&bob.our_endpoints(), Some(bob.peer_id())).await?;
+//! alice.send(bob.peer_id(), "hello".into()).await?;
+//! loop {
+//!     match bob_events.recv().await {
+//!         Some(Event::Message { payload, .. }) => { assert_eq!(payload, "hello"); break }
+//!         Some(_) => continue,
+//!         None => unreachable!("bob is alive"),
+//!     }
+//! }
+//! # let _ = &mut alice_events;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod config;
+mod endpoints;
+mod error;
+mod event;
+mod rate;
+mod service;
+
+pub use config::{FloodAction, RateLimit, ServiceConfig};
+pub use error::{Error, Result};
+pub use event::Event;
+pub use service::{Events, Service};
+
+pub use bytes::Bytes;
+pub use crust_core::{
+    ConnectionConfig, ConnectionInfo, Direction, Endpoint, Identity, PeerId, Protocol,
+};

@@ -1,0 +1,212 @@
+//! Configuration of a [`Service`](crate::Service).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crust_core::{ConnectionConfig, Identity};
+
+/// Limits on what one peer may send us, checked per connection.
+///
+/// Both limits are token buckets: a peer may send `burst` messages (or `burst_bytes` bytes)
+/// at once and then `messages_per_sec` (`bytes_per_sec`) on average.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Sustained messages per second. Default 10 000.
+    pub messages_per_sec: f64,
+    /// Message burst. Default 20 000.
+    pub burst_messages: f64,
+    /// Sustained bytes per second. Default 256 MiB/s.
+    pub bytes_per_sec: f64,
+    /// Byte burst. Default 512 MiB.
+    pub burst_bytes: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            messages_per_sec: 10_000.0,
+            burst_messages: 20_000.0,
+            bytes_per_sec: 256.0 * 1024.0 * 1024.0,
+            burst_bytes: 512.0 * 1024.0 * 1024.0,
+        }
+    }
+}
+
+impl RateLimit {
+    /// A limit of `per_sec` messages per second with a burst of `burst` messages; bytes unlimited.
+    pub fn messages(per_sec: f64, burst: f64) -> Self {
+        RateLimit {
+            messages_per_sec: per_sec,
+            burst_messages: burst,
+            bytes_per_sec: f64::INFINITY,
+            burst_bytes: f64::INFINITY,
+        }
+    }
+
+    /// A limit of `per_sec` bytes per second with a burst of `burst` bytes; message count unlimited.
+    pub fn bytes(per_sec: f64, burst: f64) -> Self {
+        RateLimit {
+            messages_per_sec: f64::INFINITY,
+            burst_messages: f64::INFINITY,
+            bytes_per_sec: per_sec,
+            burst_bytes: burst,
+        }
+    }
+}
+
+/// What to do with a peer that exceeds the [`RateLimit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FloodAction {
+    /// Only raise [`Event::FloodDetected`](crate::Event::FloodDetected); keep the connection.
+    Report,
+    /// Raise the event, disconnect the peer and ban it for the rest of the session.
+    Ban,
+}
+
+/// Configuration of a [`Service`](crate::Service). Every field has a documented default;
+/// `ServiceConfig::default()` listens on all IPv4 interfaces on random ports.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The node identity. Default: `None`, a fresh identity for this session.
+    pub identity: Option<Identity>,
+    /// Address to listen on. Default `0.0.0.0` (all IPv4 interfaces).
+    pub listen_ip: IpAddr,
+    /// TCP listening port; 0 picks a random free port. Default 0.
+    pub tcp_port: u16,
+    /// Reliable-UDP listening port; 0 picks a random free port. Default 0.
+    pub rudp_port: u16,
+    /// Use TCP at all. Default `true`.
+    pub enable_tcp: bool,
+    /// Use reliable UDP at all. Default `true`.
+    pub enable_rudp: bool,
+    /// Report loopback addresses in [`Service::our_endpoints`](crate::Service::our_endpoints)
+    /// (for tests and single-machine demos). Default `false`.
+    pub include_loopback: bool,
+    /// Message size, send queue and handshake limits of every connection.
+    /// Default [`ConnectionConfig::default`] (16 MiB messages, 10 s handshakes).
+    pub connection: ConnectionConfig,
+    /// How long a TCP attempt runs alone before reliable UDP is tried in parallel
+    /// (happy eyeballs). Default 250 ms.
+    pub tcp_head_start: Duration,
+    /// Upper bound for one `connect()` call, all attempts included. Default 20 s.
+    pub connect_timeout: Duration,
+    /// Per-peer inbound limits. Default [`RateLimit::default`].
+    pub rate_limit: RateLimit,
+    /// What to do with peers over the limit. Default [`FloodAction::Ban`].
+    pub flood_action: FloodAction,
+    /// Events buffered for the application before readers wait (backpressure, never loss).
+    /// Default 4096.
+    pub event_queue_len: usize,
+    /// Most simultaneous peers; further connections are refused. Default 10 000.
+    pub max_peers: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            identity: None,
+            listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            tcp_port: 0,
+            rudp_port: 0,
+            enable_tcp: true,
+            enable_rudp: true,
+            include_loopback: false,
+            connection: ConnectionConfig::default(),
+            tcp_head_start: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(20),
+            rate_limit: RateLimit::default(),
+            flood_action: FloodAction::Ban,
+            event_queue_len: 4096,
+            max_peers: 10_000,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// A config for tests and demos on one machine: listens on 127.0.0.1 and reports
+    /// loopback endpoints.
+    pub fn loopback() -> Self {
+        ServiceConfig {
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            include_loopback: true,
+            ..ServiceConfig::default()
+        }
+    }
+
+    /// Sets [`ServiceConfig::identity`].
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Sets [`ServiceConfig::listen_ip`].
+    pub fn with_listen_ip(mut self, ip: IpAddr) -> Self {
+        self.listen_ip = ip;
+        self
+    }
+
+    /// Sets the TCP and reliable-UDP listening ports (0 = random).
+    pub fn with_ports(mut self, tcp: u16, rudp: u16) -> Self {
+        self.tcp_port = tcp;
+        self.rudp_port = rudp;
+        self
+    }
+
+    /// Enables or disables TCP.
+    pub fn with_tcp(mut self, enabled: bool) -> Self {
+        self.enable_tcp = enabled;
+        self
+    }
+
+    /// Enables or disables reliable UDP.
+    pub fn with_rudp(mut self, enabled: bool) -> Self {
+        self.enable_rudp = enabled;
+        self
+    }
+
+    /// Sets [`ServiceConfig::include_loopback`].
+    pub fn with_loopback_endpoints(mut self, include: bool) -> Self {
+        self.include_loopback = include;
+        self
+    }
+
+    /// Sets [`ServiceConfig::connection`].
+    pub fn with_connection_config(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Sets [`ServiceConfig::tcp_head_start`].
+    pub fn with_tcp_head_start(mut self, head_start: Duration) -> Self {
+        self.tcp_head_start = head_start;
+        self
+    }
+
+    /// Sets [`ServiceConfig::connect_timeout`].
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ServiceConfig::rate_limit`] and [`ServiceConfig::flood_action`].
+    pub fn with_rate_limit(mut self, limit: RateLimit, action: FloodAction) -> Self {
+        self.rate_limit = limit;
+        self.flood_action = action;
+        self
+    }
+
+    /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
+    pub fn with_event_queue_len(mut self, len: usize) -> Self {
+        self.event_queue_len = len.max(1);
+        self
+    }
+
+    /// Sets [`ServiceConfig::max_peers`].
+    pub fn with_max_peers(mut self, max: usize) -> Self {
+        self.max_peers = max;
+        self
+    }
+}

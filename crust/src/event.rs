@@ -1,0 +1,69 @@
+//! Events a [`Service`](crate::Service) hands to the application.
+
+use bytes::Bytes;
+use crust_core::{Direction, Endpoint, PeerId, Protocol};
+
+/// Something happened that the application may want to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A listener is accepting connections on `endpoint`.
+    ListenerStarted {
+        /// The endpoint listened on (the bound address; see `our_endpoints()` for reachable ones).
+        endpoint: Endpoint,
+    },
+    /// A peer is connected and authenticated.
+    NewPeer {
+        /// Who.
+        peer: PeerId,
+        /// The peer's address.
+        endpoint: Endpoint,
+        /// Whether we dialled or accepted.
+        direction: Direction,
+        /// The transport the connection uses.
+        protocol: Protocol,
+    },
+    /// The connection to a peer ended.
+    LostPeer {
+        /// Who.
+        peer: PeerId,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A message from a peer.
+    Message {
+        /// The sender.
+        peer: PeerId,
+        /// The message.
+        payload: Bytes,
+    },
+    /// A background connection attempt (see `Service::connect_in_background`) failed.
+    ConnectFailed {
+        /// The endpoints that were tried.
+        endpoints: Vec<Endpoint>,
+        /// Why.
+        error: String,
+    },
+    /// Two connections to the same peer existed (simultaneous dial); the one dialled by the
+    /// smaller `PeerId` was kept on both sides and the other closed after draining.
+    DuplicateConnectionClosed {
+        /// The peer.
+        peer: PeerId,
+        /// Direction (from our side) of the connection that was kept.
+        kept: Direction,
+    },
+    /// A peer exceeded the configured rate limit.
+    FloodDetected {
+        /// Who.
+        peer: PeerId,
+        /// `"messages"` or `"bytes"`.
+        limit: &'static str,
+        /// Whether the peer was banned as a consequence.
+        banned: bool,
+    },
+    /// A peer was banned for the rest of the session.
+    PeerBanned {
+        /// Who.
+        peer: PeerId,
+    },
+}
