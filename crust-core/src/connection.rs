@@ -35,6 +35,22 @@ pub enum Direction {
     Inbound,
 }
 
+impl Direction {
+    /// `"outbound"` or `"inbound"`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Facts about an established connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionInfo {

@@ -662,6 +662,8 @@ impl Inner {
                                 if let Some(tx) = result.take() {
                                     let _ = tx.send(Err(e));
                                 }
+                                // The outcome is decided: start no fallback dials.
+                                fallback = None;
                             }
                         }
                     }

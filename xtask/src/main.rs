@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 /// `(package, example)` run by `cargo xtask demo`.
 ///
 /// Switch to `("crust", "demo")` once that example exists.
-const DEMO: (&str, &str) = ("crust-tcp", "tcp_ping");
+const DEMO: (&str, &str) = ("crust", "demo");
 
 /// Command-line interface of `cargo xtask`.
 #[derive(Debug, Parser)]
