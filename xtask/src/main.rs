@@ -7,6 +7,9 @@
 //! * `cargo xtask ci`: exactly what CI runs, i.e. `test` on the whole
 //!   workspace.
 //! * `cargo xtask demo [ARGS]...`: runs the demo example in release mode.
+//! * `cargo xtask bench [--quick] [ARGS]...`: runs the loopback benchmark
+//!   (`crust/benches/bench.rs`) in release mode; prints a table and writes it as
+//!   JSON to `target/bench/latest.json`.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -49,6 +52,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the loopback benchmark (release build): Crust against raw TCP, TLS and QUIC.
+    ///
+    /// Prints a table and writes it as JSON to `target/bench/latest.json`. `--quick` moves
+    /// 256 MiB instead of 1 GiB per bulk run and uses fewer repetitions; `--json PATH`,
+    /// `--only bulk|rate|handshake|scale`, `--reps N` and `--scale N` are passed through too.
+    Bench {
+        /// Arguments passed through to the benchmark, e.g. `--quick`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Arguments of the `test` task.
@@ -82,6 +95,12 @@ fn run(task: Task) -> Result<()> {
             if !args.is_empty() {
                 cmd.arg("--").args(args);
             }
+            xtask.run(cmd)
+        }
+        Task::Bench { args } => {
+            // `cargo bench` builds with the `bench` profile (release optimisations).
+            let mut cmd = xtask.cargo(["bench", "-p", "crust", "--bench", "bench"]);
+            cmd.arg("--").args(args);
             xtask.run(cmd)
         }
     }
