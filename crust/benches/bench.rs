@@ -103,6 +103,8 @@ struct Opts {
     scale_conns: usize,
     /// Run only these cases (`bulk`, `rate`, `handshake`, `scale`); empty = all.
     only: Vec<String>,
+    /// Run only these rows (by name, e.g. `crust-tcp`); empty = all.
+    rows: Vec<String>,
 }
 
 impl Opts {
@@ -110,6 +112,7 @@ impl Opts {
         let mut quick = false;
         let mut json = None;
         let mut only = Vec::new();
+        let mut rows = Vec::new();
         let mut reps = None;
         let mut scale = None;
         let mut args = std::env::args().skip(1);
@@ -118,6 +121,7 @@ impl Opts {
                 "--quick" => quick = true,
                 "--json" => json = Some(PathBuf::from(args.next().context("--json PATH")?)),
                 "--only" => only.push(args.next().context("--only CASE")?),
+                "--row" => rows.push(args.next().context("--row NAME")?),
                 "--reps" => reps = Some(args.next().context("--reps N")?.parse()?),
                 "--scale" => scale = Some(args.next().context("--scale N")?.parse()?),
                 // `cargo bench` passes `--bench`; ignore it and libtest-style filters.
@@ -134,6 +138,7 @@ impl Opts {
             handshakes: if quick { 50 } else { 200 },
             scale_conns: scale.unwrap_or(10_000),
             only,
+            rows,
         })
     }
 
@@ -763,7 +768,10 @@ async fn handshakes(env: &Env, row: Row, n: usize) -> Result<Vec<f64>> {
             });
             for _ in 0..n {
                 // A fresh node per connect (one connection per peer pair); built untimed.
+                // It listens like any node, so rUDP dials from its bound endpoint (as the
+                // crust-rudp row's reused transport does) instead of binding one in the timing.
                 let (client, _client_events) = env.service(row, Identity::generate()?)?;
+                client.start_listening().await?;
                 let start = Instant::now();
                 let peer = client.connect(&endpoints, Some(server_id)).await?;
                 client.send(peer, message.clone()).await?;
@@ -1028,8 +1036,11 @@ async fn run(opts: Opts) -> Result<()> {
         None
     };
 
-    let mut results: Vec<(Row, RowResult)> =
-        ROWS.iter().map(|r| (*r, RowResult::default())).collect();
+    let mut results: Vec<(Row, RowResult)> = ROWS
+        .iter()
+        .filter(|r| opts.rows.is_empty() || opts.rows.iter().any(|n| n == r.name()))
+        .map(|r| (*r, RowResult::default()))
+        .collect();
     for (row, result) in &mut results {
         let row = *row;
         if opts.runs("bulk") {
