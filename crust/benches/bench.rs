@@ -11,11 +11,13 @@
 //! * handshake: median and p99 of N sequential connects until the first message arrives;
 //! * scale: 10 000 concurrent crust-tcp connections in one process, RSS per connection.
 //!
-//! Each row's ratio to its raw baseline from the same run is printed with PASS/MISS
-//! against the targets, and the whole table is written as JSON (default
-//! `target/bench/latest.json`, or `--json PATH`).
+//! Repetitions (7, `--quick` 3) are interleaved across rows and each row reports its
+//! median. Each row's ratio to its raw baseline from the same run is printed with PASS/MISS
+//! against the targets, and the whole table is written as JSON with every run's values
+//! (default `target/bench/latest.json`, or `--json PATH`). Options: `--quick`,
+//! `--json PATH`, `--only bulk|rate|handshake|scale`, `--row NAME`, `--reps N`,
+//! `--scale N`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,7 +134,7 @@ impl Opts {
         Ok(Opts {
             quick,
             json,
-            reps: reps.unwrap_or(if quick { 3 } else { 5 }).max(1),
+            reps: reps.unwrap_or(if quick { 3 } else { 7 }).max(1),
             bulk_bytes: if quick { 256 * MIB } else { 1024 * MIB },
             rate_messages: if quick { 1_000_000 } else { 5_000_000 },
             handshakes: if quick { 50 } else { 200 },
@@ -986,19 +988,12 @@ struct RowResult {
     rate_msg_s: Option<f64>,
     hs_p50_ms: Option<f64>,
     hs_p99_ms: Option<f64>,
+    bulk_runs: Vec<f64>,
+    cpu_runs: Vec<f64>,
+    rate_runs: Vec<f64>,
+    hs_p50_runs: Vec<f64>,
+    hs_p99_runs: Vec<f64>,
     errors: Vec<String>,
-}
-
-async fn repeat<F, Fut, T>(reps: usize, mut f: F) -> Result<Vec<T>>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut out = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        out.push(f().await?);
-    }
-    Ok(out)
 }
 
 async fn run(opts: Opts) -> Result<()> {
@@ -1011,7 +1006,7 @@ async fn run(opts: Opts) -> Result<()> {
             "crust bench ({mode}): {cores} cores, {model}; tokio multi-thread runtime, 2 workers; loopback 127.0.0.1"
         ),
         format!(
-            "bulk: {} MiB in 1 MiB messages; rate: {} x 64 B messages; handshake: {} sequential connects to first message; median of {} runs",
+            "bulk: {} MiB in 1 MiB messages; rate: {} x 64 B messages; handshake: {} sequential connects to first message; median of {} interleaved runs",
             opts.bulk_bytes / MIB,
             opts.rate_messages,
             opts.handshakes,
@@ -1041,48 +1036,50 @@ async fn run(opts: Opts) -> Result<()> {
         .filter(|r| opts.rows.is_empty() || opts.rows.iter().any(|n| n == r.name()))
         .map(|r| (*r, RowResult::default()))
         .collect();
-    for (row, result) in &mut results {
-        let row = *row;
-        if opts.runs("bulk") {
-            eprintln!("{}: bulk ...", row.name());
-            let count = opts.bulk_bytes / MIB;
-            match repeat(opts.reps, || transfer(&env, row, MIB, count)).await {
-                Ok(runs) => {
-                    let mib = opts.bulk_bytes as f64 / MIB as f64;
-                    let gib = opts.bulk_bytes as f64 / GIB;
-                    let rates: Vec<f64> = runs.iter().map(|t| mib / t.secs).collect();
-                    let cpus: Vec<f64> = runs.iter().map(|t| t.cpu / gib).collect();
-                    result.bulk_mib_s = Some(median(&rates));
-                    result.cpu_s_per_gib = Some(median(&cpus));
+    // Repetitions are interleaved (rep 1 of every row, then rep 2, ...), so a Crust row and
+    // its baseline see the same machine conditions; each row reports the median.
+    let mib = opts.bulk_bytes as f64 / MIB as f64;
+    let gib = opts.bulk_bytes as f64 / GIB;
+    for case in ["bulk", "rate", "handshake"] {
+        if !opts.runs(case) {
+            continue;
+        }
+        for rep in 1..=opts.reps {
+            eprintln!("{case}: run {rep} of {} ...", opts.reps);
+            for (row, result) in &mut results {
+                let row = *row;
+                if result.errors.iter().any(|e| e.starts_with(case)) {
+                    continue;
                 }
-                Err(e) => result.errors.push(format!("bulk: {e:#}")),
+                let outcome = match case {
+                    "bulk" => transfer(&env, row, MIB, opts.bulk_bytes / MIB)
+                        .await
+                        .map(|t| {
+                            result.bulk_runs.push(mib / t.secs);
+                            result.cpu_runs.push(t.cpu / gib);
+                        }),
+                    "rate" => transfer(&env, row, 64, opts.rate_messages)
+                        .await
+                        .map(|t| result.rate_runs.push(opts.rate_messages as f64 / t.secs)),
+                    _ => handshakes(&env, row, opts.handshakes).await.map(|s| {
+                        result.hs_p50_runs.push(median(&s) * 1e3);
+                        result.hs_p99_runs.push(percentile(&s, 0.99) * 1e3);
+                    }),
+                };
+                if let Err(e) = outcome {
+                    eprintln!("{} {case} failed: {e:#}", row.name());
+                    result.errors.push(format!("{case}: {e:#}"));
+                }
             }
         }
-        if opts.runs("rate") {
-            eprintln!("{}: rate ...", row.name());
-            match repeat(opts.reps, || transfer(&env, row, 64, opts.rate_messages)).await {
-                Ok(runs) => {
-                    let rates: Vec<f64> = runs
-                        .iter()
-                        .map(|t| opts.rate_messages as f64 / t.secs)
-                        .collect();
-                    result.rate_msg_s = Some(median(&rates));
-                }
-                Err(e) => result.errors.push(format!("rate: {e:#}")),
-            }
-        }
-        if opts.runs("handshake") {
-            eprintln!("{}: handshake ...", row.name());
-            match repeat(opts.reps, || handshakes(&env, row, opts.handshakes)).await {
-                Ok(runs) => {
-                    let p50: Vec<f64> = runs.iter().map(|s| median(s) * 1e3).collect();
-                    let p99: Vec<f64> = runs.iter().map(|s| percentile(s, 0.99) * 1e3).collect();
-                    result.hs_p50_ms = Some(median(&p50));
-                    result.hs_p99_ms = Some(median(&p99));
-                }
-                Err(e) => result.errors.push(format!("handshake: {e:#}")),
-            }
-        }
+    }
+    for (_, result) in &mut results {
+        let med = |v: &[f64]| (!v.is_empty()).then(|| median(v));
+        result.bulk_mib_s = med(&result.bulk_runs);
+        result.cpu_s_per_gib = med(&result.cpu_runs);
+        result.rate_msg_s = med(&result.rate_runs);
+        result.hs_p50_ms = med(&result.hs_p50_runs);
+        result.hs_p99_ms = med(&result.hs_p99_runs);
     }
 
     let report = Report {
@@ -1242,6 +1239,13 @@ impl Report {
                 "handshake_p50_ms": r.hs_p50_ms,
                 "handshake_p99_ms": r.hs_p99_ms,
                 "handshake_ratio": hs_ratio,
+                "runs": {
+                    "bulk_mib_per_s": r.bulk_runs,
+                    "cpu_s_per_gib": r.cpu_runs,
+                    "rate_msg_per_s": r.rate_runs,
+                    "handshake_p50_ms": r.hs_p50_runs,
+                    "handshake_p99_ms": r.hs_p99_runs,
+                },
                 "errors": r.errors,
             }));
         }
