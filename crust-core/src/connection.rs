@@ -6,14 +6,16 @@
 //! every transport behaves the same.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
@@ -80,10 +82,12 @@ pub struct ConnectionConfig {
     /// Largest message accepted for sending or receiving, in bytes.
     /// Default [`wire::DEFAULT_MAX_MESSAGE_SIZE`] (16 MiB).
     pub max_message_size: usize,
-    /// Messages that may wait in the send queue before `send()` waits (backpressure).
-    /// Default 1024.
-    pub send_queue_len: usize,
-    /// Time allowed for the whole handshake (preamble, TLS or QUIC). Default 10 s.
+    /// Bytes (frame headers included) that may wait to be written before `send()` waits
+    /// (backpressure). A single message larger than this is still accepted into an empty
+    /// queue. Default 1 MiB.
+    pub send_buffer_bytes: usize,
+    /// Time allowed for the whole handshake (preamble, TLS or QUIC), and for a graceful
+    /// close. Default 10 s.
     pub handshake_timeout: std::time::Duration,
 }
 
@@ -91,7 +95,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
             max_message_size: wire::DEFAULT_MAX_MESSAGE_SIZE,
-            send_queue_len: 1024,
+            send_buffer_bytes: 1024 * 1024,
             handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
@@ -104,9 +108,9 @@ impl ConnectionConfig {
         self
     }
 
-    /// Sets [`ConnectionConfig::send_queue_len`] (at least 1).
-    pub fn with_send_queue_len(mut self, messages: usize) -> Self {
-        self.send_queue_len = messages.max(1);
+    /// Sets [`ConnectionConfig::send_buffer_bytes`] (at least 1).
+    pub fn with_send_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.send_buffer_bytes = bytes.max(1);
         self
     }
 
@@ -138,23 +142,152 @@ impl fmt::Debug for SecureStream {
     }
 }
 
-/// Coalesce queued small messages into writes of up to this many bytes.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
-/// Payloads at least this large are written straight from their buffer, not copied.
+/// Payloads at least this large are queued as their own buffer instead of being copied.
 const DIRECT_WRITE_BYTES: usize = 16 * 1024;
 /// Time a graceful end of stream may take once everything queued is written.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-/// Commands taken from the queue per batch.
-const COMMANDS_PER_BATCH: usize = 256;
+/// A coalescing buffer larger than this is not kept for reuse after a burst.
+const SPARE_BUFFER_LIMIT: usize = 256 * 1024;
 
-enum Command {
-    Frame(FrameKind, Bytes),
-    /// End our sending direction once everything queued before it is written; answer when done.
-    Finish(oneshot::Sender<()>),
+/// The encoded frames waiting for the writer task, shared by every sender.
+///
+/// Senders encode straight into `tail` under a short lock, so a small message costs a
+/// lock and a copy, not a channel hop; the writer takes everything queued at once and
+/// writes it with as few calls as possible. Large payloads are queued as their own `Bytes`
+/// and written without copying.
+struct SendQueue {
+    state: Mutex<SendState>,
+    /// Wakes the writer when it is parked and something was queued or requested.
+    writer_wake: Notify,
+    /// Wakes senders waiting for buffer space (and on close).
+    space: Notify,
+    limit: usize,
+    max_message_size: usize,
+}
+
+#[derive(Default)]
+struct SendState {
+    /// Complete buffers in order, before `tail`.
+    chunks: VecDeque<Bytes>,
+    /// Small frames coalesced after `chunks`.
+    tail: BytesMut,
+    queued_bytes: usize,
+    /// No more frames are accepted: finishing, aborted or failed.
+    closed: bool,
+    /// End our direction once everything queued is written.
+    finish_requested: bool,
+    /// Answered once our direction has ended.
+    finish_waiters: Vec<oneshot::Sender<()>>,
+    /// The writer is parked waiting for `writer_wake`.
+    writer_parked: bool,
+    /// The writer task has ended; nothing queued now will ever be written.
+    writer_done: bool,
+}
+
+impl SendQueue {
+    fn lock(&self) -> MutexGuard<'_, SendState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues one frame, waiting while the buffer is over its limit.
+    async fn push(&self, kind: FrameKind, payload: Bytes) -> Result<()> {
+        let frame_len = wire::FRAME_HEADER_LEN + payload.len();
+        let mut payload = Some(payload);
+        loop {
+            // The lock is held only inside this block, never across an await.
+            let wait = {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(Error::ConnectionClosed);
+                }
+                if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
+                    let mut space = Box::pin(self.space.notified());
+                    space.as_mut().enable();
+                    Some(space)
+                } else {
+                    let Some(payload) = payload.take() else {
+                        return Err(Error::ConnectionClosed);
+                    };
+                    Self::encode(&mut state, kind, payload)?;
+                    state.queued_bytes += frame_len;
+                    let wake = std::mem::take(&mut state.writer_parked);
+                    drop(state);
+                    if wake {
+                        self.writer_wake.notify_one();
+                    }
+                    None
+                }
+            };
+            match wait {
+                Some(space) => space.await,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Queues a frame only if it fits right now (used for automatic replies, which must
+    /// never make the reader wait).
+    fn try_push(&self, kind: FrameKind, payload: Bytes) -> bool {
+        let frame_len = wire::FRAME_HEADER_LEN + payload.len();
+        let mut state = self.lock();
+        if state.closed || (state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit) {
+            return false;
+        }
+        if Self::encode(&mut state, kind, payload).is_err() {
+            return false;
+        }
+        state.queued_bytes += frame_len;
+        let wake = std::mem::take(&mut state.writer_parked);
+        drop(state);
+        if wake {
+            self.writer_wake.notify_one();
+        }
+        true
+    }
+
+    fn encode(state: &mut SendState, kind: FrameKind, payload: Bytes) -> Result<()> {
+        wire::put_frame_header(&mut state.tail, kind, payload.len())?;
+        if payload.len() >= DIRECT_WRITE_BYTES {
+            let head = state.tail.split().freeze();
+            state.chunks.push_back(head);
+            state.chunks.push_back(payload);
+        } else {
+            state.tail.put_slice(&payload);
+        }
+        Ok(())
+    }
+
+    /// Stops accepting frames and asks the writer to end our direction after what is queued.
+    fn request_finish(&self, ack: Option<oneshot::Sender<()>>) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.finish_requested = true;
+        if let Some(ack) = ack {
+            if !state.writer_done {
+                state.finish_waiters.push(ack);
+            }
+            // else: dropping the ack answers the caller at once.
+        }
+        let wake = std::mem::take(&mut state.writer_parked);
+        drop(state);
+        if wake {
+            self.writer_wake.notify_one();
+        }
+        self.space.notify_waiters();
+    }
+
+    /// Refuses further frames at once (abort, failure).
+    fn close_now(&self) {
+        self.lock().closed = true;
+        self.space.notify_waiters();
+    }
 }
 
 struct Shared {
     info: ConnectionInfo,
+    queue: SendQueue,
+    /// Live `MessageSender` handles; when the last one goes, our direction ends gracefully.
+    senders: AtomicUsize,
     /// Cancelled when the connection is over: both directions finished, or aborted.
     closed: CancellationToken,
     /// Cancelled when the peer ended its stream cleanly.
@@ -171,6 +304,9 @@ impl Shared {
         self.peer_finished.cancel();
         if self.we_finished.is_cancelled() {
             self.closed.cancel();
+        } else {
+            // Deliver what is queued, then end our side too.
+            self.queue.request_finish(None);
         }
     }
 
@@ -180,14 +316,20 @@ impl Shared {
             self.closed.cancel();
         }
     }
+
+    fn abort(&self) {
+        self.queue.close_now();
+        self.closed.cancel();
+    }
 }
 
 /// An authenticated connection to one peer that sends and receives whole messages.
 ///
 /// Messages from one sender arrive whole, exactly once and in the order sent. `send()`
-/// returns once the message is queued (it waits when the queue is full); queued messages are
-/// written in batches, so many small messages cost few system calls while a lone message is
-/// written at once. Use [`Connection::split`] to send and receive from different tasks.
+/// returns once the message is queued (it waits while the send buffer is full); queued
+/// messages are written in batches, so many small messages cost few system calls while a
+/// lone message is written at once. Use [`Connection::split`] to send and receive from
+/// different tasks.
 ///
 /// ```no_run
 /// # async fn demo(mut conn: crust_core::Connection) -> crust_core::Result<()> {
@@ -208,28 +350,32 @@ impl Connection {
     pub fn new(stream: SecureStream, config: &ConnectionConfig) -> Self {
         let shared = Arc::new(Shared {
             info: stream.info,
+            queue: SendQueue {
+                state: Mutex::new(SendState::default()),
+                writer_wake: Notify::new(),
+                space: Notify::new(),
+                limit: config.send_buffer_bytes.max(1),
+                max_message_size: config.max_message_size,
+            },
+            senders: AtomicUsize::new(1),
             closed: CancellationToken::new(),
             peer_finished: CancellationToken::new(),
             we_finished: CancellationToken::new(),
             close_timeout: config.handshake_timeout,
             _keep_alive: stream.keep_alive,
         });
-        let (tx, rx) = mpsc::channel(config.send_queue_len.max(1));
-        tokio::spawn(run_writer(stream.writer, rx, shared.clone()));
-        let sender = MessageSender {
-            tx,
-            shared: shared.clone(),
-            max_message_size: config.max_message_size,
-        };
+        tokio::spawn(run_writer(stream.writer, shared.clone()));
         let receiver = MessageReceiver {
             frames: Some(FramedRead::new(
                 stream.reader,
                 FrameDecoder::new(config.max_message_size),
             )),
-            pong: sender.tx.downgrade(),
-            shared,
+            shared: shared.clone(),
         };
-        Connection { sender, receiver }
+        Connection {
+            sender: MessageSender { shared },
+            receiver,
+        }
     }
 
     /// Facts about the connection.
@@ -292,12 +438,27 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// The sending half of a [`Connection`]. Cheap to clone.
-#[derive(Clone)]
+/// The sending half of a [`Connection`]. Cheap to clone. When the last sender is dropped,
+/// our direction of the connection ends gracefully after everything queued is written.
 pub struct MessageSender {
-    tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
-    max_message_size: usize,
+}
+
+impl Clone for MessageSender {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        MessageSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for MessageSender {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.queue.request_finish(None);
+        }
+    }
 }
 
 impl MessageSender {
@@ -313,19 +474,21 @@ impl MessageSender {
 
     /// Queues a frame of any kind (control messages are sent this way).
     pub async fn send_frame(&self, kind: FrameKind, payload: Bytes) -> Result<()> {
-        if payload.len() > self.max_message_size {
+        let max = self.shared.queue.max_message_size;
+        if payload.len() > max {
             return Err(Error::MessageTooLarge {
                 size: payload.len() as u64,
-                max: self.max_message_size,
+                max,
             });
         }
-        if self.shared.closed.is_cancelled() {
-            return Err(Error::ConnectionClosed);
-        }
-        self.tx
-            .send(Command::Frame(kind, payload))
-            .await
-            .map_err(|_| Error::ConnectionClosed)
+        self.shared.queue.push(kind, payload).await
+    }
+
+    /// Queues a frame only if the send buffer has room right now; returns whether it did.
+    /// For replies that must never make the caller wait (e.g. answering pings).
+    pub fn try_send_frame(&self, kind: FrameKind, payload: Bytes) -> bool {
+        payload.len() <= self.shared.queue.max_message_size
+            && self.shared.queue.try_push(kind, payload)
     }
 
     /// Writes everything queued before this call and ends our sending direction gracefully
@@ -334,13 +497,9 @@ impl MessageSender {
     /// [`Error::ConnectionClosed`]. If the queue cannot be written within the handshake
     /// timeout (the peer stopped reading), the connection is aborted.
     pub async fn finish(&self) {
-        let graceful = async {
-            let (ack_tx, ack_rx) = oneshot::channel();
-            if self.tx.send(Command::Finish(ack_tx)).await.is_ok() {
-                let _ = ack_rx.await;
-            }
-        };
-        if tokio::time::timeout(self.shared.close_timeout, graceful)
+        let (ack_tx, ack_rx) = oneshot::channel();
+        self.shared.queue.request_finish(Some(ack_tx));
+        if tokio::time::timeout(self.shared.close_timeout, ack_rx)
             .await
             .is_err()
         {
@@ -360,7 +519,7 @@ impl MessageSender {
 
     /// Closes the connection at once, dropping whatever is still queued.
     pub fn abort(&self) {
-        self.shared.closed.cancel();
+        self.shared.abort();
     }
 
     /// True once the connection is closed.
@@ -389,9 +548,8 @@ impl fmt::Debug for MessageSender {
 
 /// The receiving half of a [`Connection`].
 pub struct MessageReceiver {
-    /// `None` once the connection failed, so the read half is released at once.
+    /// `None` once the connection ended, so the read half is released at once.
     frames: Option<FramedRead<BoxedReader, FrameDecoder>>,
-    pong: mpsc::WeakSender<Command>,
     shared: Arc<Shared>,
 }
 
@@ -409,10 +567,7 @@ impl MessageReceiver {
             match frame.kind {
                 FrameKind::Message => return Ok(frame.payload),
                 FrameKind::Ping => {
-                    if let Some(tx) = self.pong.upgrade() {
-                        // A peer flooding pings must not block our reader: drop pongs when the queue is full.
-                        let _ = tx.try_send(Command::Frame(FrameKind::Pong, frame.payload));
-                    }
+                    self.answer_ping(frame.payload);
                 }
                 other => {
                     tracing::trace!(peer = %self.shared.info.peer_id, kind = ?other, "skipping control frame");
@@ -421,12 +576,20 @@ impl MessageReceiver {
         }
     }
 
+    /// Answers a ping with a pong carrying the same payload, unless the send buffer is full
+    /// (a peer pinging faster than it reads gets no answer rather than stalling us).
+    pub fn answer_ping(&self, payload: Bytes) {
+        let _ = self.shared.queue.try_push(FrameKind::Pong, payload);
+    }
+
     /// Receives the next frame of any kind, for code that handles control messages itself.
     pub async fn recv_frame(&mut self) -> Result<Frame> {
         let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
+        // Frames already buffered are returned without touching the close signal.
         let next = tokio::select! {
+            biased;
             next = frames.next() => next,
             _ = self.shared.closed.cancelled() => None,
         };
@@ -456,7 +619,7 @@ impl MessageReceiver {
 
     fn fail(&mut self) {
         self.frames = None;
-        self.shared.closed.cancel();
+        self.shared.abort();
     }
 
     /// Facts about the connection.
@@ -475,31 +638,28 @@ impl fmt::Debug for MessageReceiver {
 
 enum WriterOutcome {
     /// Our direction ended gracefully (asked to, every sender gone, or the peer finished).
-    Finished(Option<oneshot::Sender<()>>),
+    Finished,
     /// The connection was aborted.
     Aborted,
     /// Writing failed.
     Failed(std::io::Error),
 }
 
-async fn run_writer(mut writer: BoxedWriter, mut rx: mpsc::Receiver<Command>, shared: Arc<Shared>) {
+async fn run_writer(mut writer: BoxedWriter, shared: Arc<Shared>) {
     let peer = shared.info.peer_id;
     let outcome = tokio::select! {
         biased;
         _ = shared.closed.cancelled() => WriterOutcome::Aborted,
-        result = write_loop(&mut writer, &mut rx, &shared.peer_finished) => match result {
-            Ok(ack) => WriterOutcome::Finished(ack),
+        result = write_loop(&mut writer, &shared.queue) => match result {
+            Ok(()) => WriterOutcome::Finished,
             Err(e) => WriterOutcome::Failed(e),
         },
     };
-    rx.close();
+    shared.queue.close_now();
     match outcome {
-        WriterOutcome::Finished(ack) => {
+        WriterOutcome::Finished => {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, writer.shutdown()).await;
             shared.mark_we_finished();
-            if let Some(ack) = ack {
-                let _ = ack.send(());
-            }
         }
         WriterOutcome::Aborted => {
             // Drop the write half without a graceful end: the peer sees an error (TLS
@@ -511,95 +671,59 @@ async fn run_writer(mut writer: BoxedWriter, mut rx: mpsc::Receiver<Command>, sh
             shared.closed.cancel();
         }
     }
-    // Dropping the remaining commands answers any waiting `finish()` callers.
-    while rx.try_recv().is_ok() {}
+    // Answer `finish()` callers (dropping the acks answers them too on abort).
+    let waiters = {
+        let mut state = shared.queue.lock();
+        state.writer_done = true;
+        std::mem::take(&mut state.finish_waiters)
+    };
+    for ack in waiters {
+        let _ = ack.send(());
+    }
 }
 
-/// Writes queued frames until our direction should end: a finish was requested
-/// (`Ok(Some(ack))`), every sender is gone or the peer finished and the queue is drained
-/// (`Ok(None)`). Fails when writing fails.
-async fn write_loop(
-    writer: &mut BoxedWriter,
-    rx: &mut mpsc::Receiver<Command>,
-    peer_finished: &CancellationToken,
-) -> std::io::Result<Option<oneshot::Sender<()>>> {
-    let mut batch = Vec::with_capacity(COMMANDS_PER_BATCH);
-    let mut buf = BytesMut::new();
-    let mut draining = false;
+/// Writes queued frames until our direction should end (a finish was requested and
+/// everything queued is written). Fails when writing fails.
+async fn write_loop(writer: &mut BoxedWriter, queue: &SendQueue) -> std::io::Result<()> {
+    let mut spare = BytesMut::new();
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
     loop {
-        let received = if draining {
-            rx.recv_many(&mut batch, COMMANDS_PER_BATCH).await
-        } else {
-            tokio::select! {
-                received = rx.recv_many(&mut batch, COMMANDS_PER_BATCH) => received,
-                _ = peer_finished.cancelled() => {
-                    // Accept nothing new, deliver what is queued, then end our side.
-                    rx.close();
-                    draining = true;
-                    continue;
+        let (tail, finish) = {
+            let mut state = queue.lock();
+            if state.queued_bytes == 0 {
+                if state.finish_requested {
+                    (None, true)
+                } else {
+                    state.writer_parked = true;
+                    (None, false)
                 }
+            } else {
+                std::mem::swap(&mut chunks, &mut state.chunks);
+                let tail = std::mem::replace(&mut state.tail, std::mem::take(&mut spare));
+                state.queued_bytes = 0;
+                (Some(tail), false)
             }
         };
-        if received == 0 {
-            writer.flush().await?;
-            return Ok(None);
-        }
-        let mut finish_ack = None;
-        for command in batch.drain(..) {
-            match command {
-                Command::Frame(kind, payload) => {
-                    encode_into(&mut buf, kind, &payload)?;
-                    if payload.len() >= DIRECT_WRITE_BYTES {
-                        writer.write_all(&buf).await?;
-                        buf.clear();
-                        writer.write_all(&payload).await?;
-                    } else {
-                        buf.extend_from_slice(&payload);
-                        if buf.len() >= WRITE_BATCH_BYTES {
-                            writer.write_all(&buf).await?;
-                            buf.clear();
-                        }
-                    }
-                }
-                Command::Finish(ack) => {
-                    finish_ack = Some(ack);
-                    rx.close();
-                }
+        let Some(mut tail) = tail else {
+            if finish {
+                writer.flush().await?;
+                return Ok(());
             }
+            queue.writer_wake.notified().await;
+            continue;
+        };
+        // Room again for senders waiting on a full buffer.
+        queue.space.notify_waiters();
+        for chunk in chunks.drain(..) {
+            writer.write_all(&chunk).await?;
         }
-        if finish_ack.is_some() {
-            // Frames that raced into the queue before it closed are still delivered.
-            while let Ok(command) = rx.try_recv() {
-                if let Command::Frame(kind, payload) = command {
-                    encode_into(&mut buf, kind, &payload)?;
-                    buf.extend_from_slice(&payload);
-                    if buf.len() >= WRITE_BATCH_BYTES {
-                        writer.write_all(&buf).await?;
-                        buf.clear();
-                    }
-                }
-            }
-        }
-        if !buf.is_empty() {
-            writer.write_all(&buf).await?;
-            buf.clear();
+        if !tail.is_empty() {
+            writer.write_all(&tail).await?;
         }
         writer.flush().await?;
-        if finish_ack.is_some() {
-            return Ok(finish_ack);
-        }
-        if buf.capacity() > 4 * WRITE_BATCH_BYTES {
-            // Do not keep a large buffer around on idle connections.
-            buf = BytesMut::new();
+        if tail.capacity() <= SPARE_BUFFER_LIMIT {
+            tail.clear();
+            spare = tail;
         }
     }
-}
-
-fn encode_into(buf: &mut BytesMut, kind: FrameKind, payload: &Bytes) -> std::io::Result<()> {
-    wire::put_frame_header(buf, kind, payload.len())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    if payload.len() < DIRECT_WRITE_BYTES {
-        buf.reserve(payload.len());
-    }
-    Ok(())
 }

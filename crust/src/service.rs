@@ -496,6 +496,11 @@ impl Inner {
     }
 
     async fn emit(&self, event: Event) {
+        // Fast path without a wait; otherwise wait for room, but not past shutdown.
+        let event = match self.events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
         tokio::select! {
             _ = self.events.send(event) => {}
             _ = self.shutdown.cancelled() => {}
@@ -808,10 +813,8 @@ impl Inner {
         let peer = handle.info().peer_id;
         let mut meter = RateMeter::new(&self.config.rate_limit, Instant::now());
         let reason = loop {
-            let received = tokio::select! {
-                _ = self.shutdown.cancelled() => break "service shut down".to_string(),
-                received = receiver.recv_frame() => received,
-            };
+            // Shutdown aborts every connection, which ends this wait too.
+            let received = receiver.recv_frame().await;
             let frame = match received {
                 Ok(frame) => frame,
                 Err(e) => break e.to_string(),
@@ -846,11 +849,7 @@ impl Inner {
                 }
                 FrameKind::Ping => {
                     // Never wait on a peer that pings faster than it reads.
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::ZERO,
-                        handle.sender.send_frame(FrameKind::Pong, frame.payload),
-                    )
-                    .await;
+                    handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
                 }
                 FrameKind::Superseded => handle.superseded.store(true, Ordering::Relaxed),
                 other => tracing::trace!(%peer, kind = ?other, "ignoring control frame"),
@@ -890,6 +889,9 @@ impl Inner {
             } else {
                 if let Some(entry) = state.peers.remove(&peer) {
                     entry.changed.notify_waiters();
+                    for other in &entry.others {
+                        other.sender.abort();
+                    }
                 }
                 Outcome::Lost
             }
