@@ -13,10 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::{self, Frame, FrameDecoder, FrameKind};
@@ -228,21 +227,28 @@ impl SendQueue {
     /// Queues a frame only if it fits right now (used for automatic replies, which must
     /// never make the reader wait).
     fn try_push(&self, kind: FrameKind, payload: Bytes) -> bool {
+        matches!(self.try_push_or_return(kind, payload), Ok(None))
+    }
+
+    /// Queues a frame if it fits right now: `Ok(None)` when queued, `Ok(Some(payload))`
+    /// when the buffer is full.
+    fn try_push_or_return(&self, kind: FrameKind, payload: Bytes) -> Result<Option<Bytes>> {
         let frame_len = wire::FRAME_HEADER_LEN + payload.len();
         let mut state = self.lock();
-        if state.closed || (state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit) {
-            return false;
+        if state.closed {
+            return Err(Error::ConnectionClosed);
         }
-        if Self::encode(&mut state, kind, payload).is_err() {
-            return false;
+        if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
+            return Ok(Some(payload));
         }
+        Self::encode(&mut state, kind, payload)?;
         state.queued_bytes += frame_len;
         let wake = std::mem::take(&mut state.writer_parked);
         drop(state);
         if wake {
             self.writer_wake.notify_one();
         }
-        true
+        Ok(None)
     }
 
     fn encode(state: &mut SendState, kind: FrameKind, payload: Bytes) -> Result<()> {
@@ -366,10 +372,7 @@ impl Connection {
         });
         tokio::spawn(run_writer(stream.writer, shared.clone()));
         let receiver = MessageReceiver {
-            frames: Some(FramedRead::new(
-                stream.reader,
-                FrameDecoder::new(config.max_message_size),
-            )),
+            frames: Some(FrameReader::new(stream.reader, config.max_message_size)),
             shared: shared.clone(),
         };
         Connection {
@@ -484,6 +487,22 @@ impl MessageSender {
         self.shared.queue.push(kind, payload).await
     }
 
+    /// Queues an application message only if the send buffer has room right now, without
+    /// waiting: `Ok(None)` when queued, `Ok(Some(message))` (handed back) when the buffer is
+    /// full. Errors as [`MessageSender::send`].
+    pub fn try_send(&self, message: Bytes) -> Result<Option<Bytes>> {
+        let max = self.shared.queue.max_message_size;
+        if message.len() > max {
+            return Err(Error::MessageTooLarge {
+                size: message.len() as u64,
+                max,
+            });
+        }
+        self.shared
+            .queue
+            .try_push_or_return(FrameKind::Message, message)
+    }
+
     /// Queues a frame only if the send buffer has room right now; returns whether it did.
     /// For replies that must never make the caller wait (e.g. answering pings).
     pub fn try_send_frame(&self, kind: FrameKind, payload: Bytes) -> bool {
@@ -549,7 +568,7 @@ impl fmt::Debug for MessageSender {
 /// The receiving half of a [`Connection`].
 pub struct MessageReceiver {
     /// `None` once the connection ended, so the read half is released at once.
-    frames: Option<FramedRead<BoxedReader, FrameDecoder>>,
+    frames: Option<FrameReader>,
     shared: Arc<Shared>,
 }
 
@@ -587,11 +606,15 @@ impl MessageReceiver {
         let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
-        // Frames already buffered are returned without touching the close signal.
-        let next = tokio::select! {
-            biased;
-            next = frames.next() => next,
-            _ = self.shared.closed.cancelled() => None,
+        // Fast path: a frame already buffered is returned without waiting on anything.
+        let next = match frames.decode_buffered() {
+            Ok(Some(frame)) => Some(Ok(frame)),
+            Err(e) => Some(Err(e)),
+            Ok(None) => tokio::select! {
+                biased;
+                next = std::future::poll_fn(|cx| frames.poll_frame(cx)) => next,
+                _ = self.shared.closed.cancelled() => None,
+            },
         };
         match next {
             Some(Ok(frame)) => Ok(frame),
@@ -617,6 +640,22 @@ impl MessageReceiver {
         }
     }
 
+    /// A frame that has already arrived, without waiting: `Ok(None)` when none is buffered.
+    /// Lets a reader drain a burst of frames in one go. Errors are final, as for
+    /// [`MessageReceiver::recv_frame`].
+    pub fn try_recv_frame(&mut self) -> Result<Option<Frame>> {
+        let Some(frames) = self.frames.as_mut() else {
+            return Err(Error::ConnectionClosed);
+        };
+        match frames.decode_buffered() {
+            Ok(frame) => Ok(frame),
+            Err(e) => {
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+
     fn fail(&mut self) {
         self.frames = None;
         self.shared.abort();
@@ -633,6 +672,84 @@ impl fmt::Debug for MessageReceiver {
         f.debug_struct("MessageReceiver")
             .field("info", &self.shared.info)
             .finish()
+    }
+}
+
+/// Smallest read buffer; idle connections keep no more than this.
+const READ_BUFFER_MIN: usize = 8 * 1024;
+/// Largest read chunk a busy connection grows to.
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
+/// Reads frames from the byte stream into one buffer that frames are split off without
+/// copying. The read size adapts: it doubles while reads fill it (a busy connection makes
+/// fewer, larger reads) and falls back to the minimum when traffic is light, so thousands
+/// of idle connections hold little memory.
+struct FrameReader {
+    reader: BoxedReader,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    read_size: usize,
+    eof: bool,
+}
+
+impl FrameReader {
+    fn new(reader: BoxedReader, max_message_size: usize) -> Self {
+        FrameReader {
+            reader,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(max_message_size),
+            read_size: READ_BUFFER_MIN,
+            eof: false,
+        }
+    }
+
+    /// A frame that is complete in the buffer, if any.
+    fn decode_buffered(&mut self) -> Result<Option<Frame>> {
+        self.decoder.decode(&mut self.buf)
+    }
+
+    /// The next frame; `None` at a clean end of stream.
+    fn poll_frame(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame>>> {
+        use std::task::Poll;
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+            if self.eof {
+                return Poll::Ready(match self.decoder.decode_eof(&mut self.buf) {
+                    Ok(Some(frame)) => Some(Ok(frame)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                });
+            }
+            if self.buf.is_empty() && self.buf.capacity() > 2 * READ_BUFFER_MAX {
+                // Drop a large buffer left over from a big message.
+                self.buf = BytesMut::new();
+            }
+            self.buf.reserve(self.read_size);
+            let room = self.buf.capacity() - self.buf.len();
+            let n = match tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut self.reader),
+                cx,
+                &mut self.buf,
+            ) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            };
+            if n == 0 {
+                self.eof = true;
+            } else if n >= room {
+                self.read_size = (self.read_size * 2).min(READ_BUFFER_MAX);
+            } else if n < READ_BUFFER_MIN / 2 {
+                self.read_size = READ_BUFFER_MIN;
+            }
+        }
     }
 }
 

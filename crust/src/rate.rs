@@ -50,6 +50,8 @@ pub(crate) struct RateMeter {
     messages: TokenBucket,
     bytes: TokenBucket,
     last: Instant,
+    /// Both limits are infinite: nothing to meter (and no clock to read).
+    unlimited: bool,
 }
 
 impl RateMeter {
@@ -58,11 +60,20 @@ impl RateMeter {
             messages: TokenBucket::new(limit.messages_per_sec, limit.burst_messages),
             bytes: TokenBucket::new(limit.bytes_per_sec, limit.burst_bytes),
             last: now,
+            unlimited: !limit.burst_messages.is_finite() && !limit.burst_bytes.is_finite(),
         }
     }
 
+    /// Accounts one received message of `len` bytes now.
+    pub(crate) fn on_message(&mut self, len: usize) -> Result<(), Exceeded> {
+        if self.unlimited {
+            return Ok(());
+        }
+        self.on_message_at(Instant::now(), len)
+    }
+
     /// Accounts one received message of `len` bytes at `now`.
-    pub(crate) fn on_message(&mut self, now: Instant, len: usize) -> Result<(), Exceeded> {
+    pub(crate) fn on_message_at(&mut self, now: Instant, len: usize) -> Result<(), Exceeded> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.messages.refill(elapsed);
@@ -87,19 +98,19 @@ mod tests {
         let t0 = Instant::now();
         let mut meter = RateMeter::new(&RateLimit::messages(10.0, 5.0), t0);
         for _ in 0..5 {
-            assert_eq!(meter.on_message(t0, 1), Ok(()));
+            assert_eq!(meter.on_message_at(t0, 1), Ok(()));
         }
-        assert_eq!(meter.on_message(t0, 1), Err(Exceeded::Messages));
+        assert_eq!(meter.on_message_at(t0, 1), Err(Exceeded::Messages));
         // After one second, ten more tokens (capped at the burst of five) are back.
         let t1 = t0 + Duration::from_secs(1);
         let mut meter = RateMeter::new(&RateLimit::messages(10.0, 5.0), t0);
         for _ in 0..5 {
-            assert_eq!(meter.on_message(t0, 1), Ok(()));
+            assert_eq!(meter.on_message_at(t0, 1), Ok(()));
         }
         for _ in 0..5 {
-            assert_eq!(meter.on_message(t1, 1), Ok(()));
+            assert_eq!(meter.on_message_at(t1, 1), Ok(()));
         }
-        assert_eq!(meter.on_message(t1, 1), Err(Exceeded::Messages));
+        assert_eq!(meter.on_message_at(t1, 1), Err(Exceeded::Messages));
     }
 
     #[test]
@@ -109,7 +120,7 @@ mod tests {
         for i in 1..=10_000u64 {
             // One message every 20 ms: 50 per second, half the limit.
             let now = t0 + Duration::from_millis(20 * i);
-            assert_eq!(meter.on_message(now, 100), Ok(()), "message {i}");
+            assert_eq!(meter.on_message_at(now, 100), Ok(()), "message {i}");
         }
     }
 
@@ -117,8 +128,8 @@ mod tests {
     fn byte_limit() {
         let t0 = Instant::now();
         let mut meter = RateMeter::new(&RateLimit::bytes(1000.0, 1000.0), t0);
-        assert_eq!(meter.on_message(t0, 600), Ok(()));
-        assert_eq!(meter.on_message(t0, 600), Err(Exceeded::Bytes));
+        assert_eq!(meter.on_message_at(t0, 600), Ok(()));
+        assert_eq!(meter.on_message_at(t0, 600), Err(Exceeded::Bytes));
     }
 
     #[test]
@@ -129,7 +140,7 @@ mod tests {
         let mut exceeded = false;
         for i in 0..512u32 {
             let now = t0 + Duration::from_micros(u64::from(i) * 1000);
-            exceeded |= meter.on_message(now, 1 << 20).is_err();
+            exceeded |= meter.on_message_at(now, 1 << 20).is_err();
         }
         assert!(!exceeded);
     }

@@ -30,13 +30,32 @@ use crate::{Error, Event, Result};
 /// The stream of [`Event`]s of a [`Service`]. Bounded: while the application does not take
 /// events, readers wait (and TCP/QUIC flow control slows the peers down); nothing is dropped.
 pub struct Events {
-    rx: mpsc::Receiver<Event>,
+    /// Events travel in small batches (a burst of messages read at once costs one channel
+    /// operation), handed out one by one.
+    rx: mpsc::Receiver<Vec<Event>>,
+    pending: std::collections::VecDeque<Event>,
 }
+
+/// Most events a connection's reader hands over in one batch.
+const EVENT_BATCH: usize = 64;
 
 impl Events {
     /// The next event; `None` once the service is shut down and every event was taken.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Poll::Ready(Some(event));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.pending.extend(batch),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -44,7 +63,7 @@ impl futures::Stream for Events {
     type Item = Event;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        self.poll_event(cx)
     }
 }
 
@@ -91,7 +110,7 @@ struct Inner {
     /// In order of preference: TCP first.
     transports: Vec<Arc<dyn Transport>>,
     state: Mutex<State>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Vec<Event>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     next_connection_id: AtomicU64,
@@ -237,7 +256,7 @@ impl Service {
             transports.into_iter().map(Arc::from).collect();
         // Stable sort: TCP first, everything else after, keeping the caller's order otherwise.
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
-        let (tx, rx) = mpsc::channel(config.event_queue_len.max(1));
+        let (tx, rx) = mpsc::channel((config.event_queue_len / EVENT_BATCH).max(1));
         let inner = Arc::new(Inner {
             identity,
             config,
@@ -248,7 +267,13 @@ impl Service {
             tasks: TaskTracker::new(),
             next_connection_id: AtomicU64::new(1),
         });
-        Ok((Service { inner }, Events { rx }))
+        Ok((
+            Service { inner },
+            Events {
+                rx,
+                pending: std::collections::VecDeque::new(),
+            },
+        ))
     }
 
     /// Our `PeerId`.
@@ -367,6 +392,19 @@ impl Service {
     /// out on its successor; it is never queued on a connection that already ended.
     pub async fn send(&self, peer: PeerId, payload: Bytes) -> Result<()> {
         let deadline = tokio::time::Instant::now() + self.inner.config.connection.handshake_timeout;
+        // Fast path: queue without waiting while the registry is locked (no handle clone).
+        let payload = {
+            let state = self.inner.lock();
+            let Some(entry) = state.peers.get(&peer) else {
+                return Err(Error::NotConnected(peer));
+            };
+            match entry.active.sender.try_send(payload.clone()) {
+                Ok(None) => return Ok(()),
+                Ok(Some(payload)) => payload,
+                Err(crust_core::Error::ConnectionClosed) => payload,
+                Err(e) => return Err(e.into()),
+            }
+        };
         loop {
             let (id, sender) = {
                 let state = self.inner.lock();
@@ -496,13 +534,20 @@ impl Inner {
     }
 
     async fn emit(&self, event: Event) {
+        self.emit_batch(vec![event]).await
+    }
+
+    async fn emit_batch(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
         // Fast path without a wait; otherwise wait for room, but not past shutdown.
-        let event = match self.events.try_send(event) {
+        let events = match self.events.try_send(events) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(event)) => event,
+            Err(mpsc::error::TrySendError::Full(events)) => events,
         };
         tokio::select! {
-            _ = self.events.send(event) => {}
+            _ = self.events.send(events) => {}
             _ = self.shutdown.cancelled() => {}
         }
     }
@@ -812,48 +857,58 @@ impl Inner {
     async fn read_loop(self: Arc<Self>, handle: Handle, mut receiver: MessageReceiver) {
         let peer = handle.info().peer_id;
         let mut meter = RateMeter::new(&self.config.rate_limit, Instant::now());
-        let reason = loop {
+        let mut batch = Vec::new();
+        let reason = 'read: loop {
             // Shutdown aborts every connection, which ends this wait too.
-            let received = receiver.recv_frame().await;
-            let frame = match received {
-                Ok(frame) => frame,
-                Err(e) => break e.to_string(),
-            };
-            if let Err(exceeded) = meter.on_message(Instant::now(), frame.payload.len()) {
-                let limit = match exceeded {
-                    Exceeded::Messages => "messages",
-                    Exceeded::Bytes => "bytes",
+            let mut next = receiver.recv_frame().await.map(Some);
+            // Then take whatever else already arrived, and hand it over as one batch.
+            loop {
+                let frame = match next {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.emit_batch(std::mem::take(&mut batch)).await;
+                        break 'read e.to_string();
+                    }
                 };
-                let ban = self.config.flood_action == FloodAction::Ban;
-                tracing::warn!(%peer, limit, ban, "peer exceeds the rate limit");
-                self.emit(Event::FloodDetected {
-                    peer,
-                    limit,
-                    banned: ban,
-                })
-                .await;
-                if ban {
-                    self.ban([peer]).await;
-                    break format!("banned for flooding ({limit})");
+                if let Err(exceeded) = meter.on_message(frame.payload.len()) {
+                    let limit = match exceeded {
+                        Exceeded::Messages => "messages",
+                        Exceeded::Bytes => "bytes",
+                    };
+                    let ban = self.config.flood_action == FloodAction::Ban;
+                    tracing::warn!(%peer, limit, ban, "peer exceeds the rate limit");
+                    batch.push(Event::FloodDetected {
+                        peer,
+                        limit,
+                        banned: ban,
+                    });
+                    self.emit_batch(std::mem::take(&mut batch)).await;
+                    if ban {
+                        self.ban([peer]).await;
+                        break 'read format!("banned for flooding ({limit})");
+                    }
+                    // Reported once per burst: start a fresh meter.
+                    meter = RateMeter::new(&self.config.rate_limit, Instant::now());
                 }
-                // Reported once per burst: start a fresh meter.
-                meter = RateMeter::new(&self.config.rate_limit, Instant::now());
-            }
-            match frame.kind {
-                FrameKind::Message => {
-                    self.emit(Event::Message {
+                match frame.kind {
+                    FrameKind::Message => batch.push(Event::Message {
                         peer,
                         payload: frame.payload,
-                    })
-                    .await;
+                    }),
+                    FrameKind::Ping => {
+                        // Never wait on a peer that pings faster than it reads.
+                        handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
+                    }
+                    FrameKind::Superseded => handle.superseded.store(true, Ordering::Relaxed),
+                    other => tracing::trace!(%peer, kind = ?other, "ignoring control frame"),
                 }
-                FrameKind::Ping => {
-                    // Never wait on a peer that pings faster than it reads.
-                    handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
+                if batch.len() >= EVENT_BATCH {
+                    break;
                 }
-                FrameKind::Superseded => handle.superseded.store(true, Ordering::Relaxed),
-                other => tracing::trace!(%peer, kind = ?other, "ignoring control frame"),
+                next = receiver.try_recv_frame();
             }
+            self.emit_batch(std::mem::take(&mut batch)).await;
         };
         self.connection_ended(&handle, reason).await;
     }
