@@ -80,6 +80,48 @@ pub fn client_config(
     Ok((config, verifier))
 }
 
+/// The client (dialling side) configurations of one identity, built once: the private key is
+/// parsed once, and a dial that names an expected [`PeerId`] gets a cheap copy with its own
+/// [`PeerKeyVerifier`] instead of a configuration rebuilt from scratch.
+#[derive(Clone, Debug)]
+pub struct ClientConfigs {
+    /// For dials that accept any peer (its verifier never refuses a key for being unexpected).
+    any_peer: (Arc<rustls::ClientConfig>, Arc<PeerKeyVerifier>),
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientConfigs {
+    /// Builds the configurations for `identity` (see [`client_config`]).
+    pub fn new(identity: &Identity, provider: Arc<CryptoProvider>, alpn: &[&[u8]]) -> Result<Self> {
+        let algorithms = provider.signature_verification_algorithms;
+        let (config, verifier) = client_config(identity, provider, None, alpn)?;
+        Ok(ClientConfigs {
+            any_peer: (Arc::new(config), verifier),
+            algorithms,
+        })
+    }
+
+    /// The configuration for one dial: with `expected` set, only a peer whose key hashes to
+    /// that `PeerId` is accepted, and the returned verifier remembers a refused key (see
+    /// [`dial_handshake_error`]). Same result as [`client_config`], without parsing the key.
+    pub fn for_dial(
+        &self,
+        expected: Option<PeerId>,
+    ) -> (Arc<rustls::ClientConfig>, Arc<PeerKeyVerifier>) {
+        match expected {
+            None => (self.any_peer.0.clone(), self.any_peer.1.clone()),
+            Some(id) => {
+                let verifier = Arc::new(PeerKeyVerifier::new(self.algorithms, Some(id)));
+                let mut config = rustls::ClientConfig::clone(&self.any_peer.0);
+                config
+                    .dangerous()
+                    .set_certificate_verifier(verifier.clone());
+                (Arc::new(config), verifier)
+            }
+        }
+    }
+}
+
 /// The TLS server name to dial with.
 pub fn server_name() -> ServerName<'static> {
     ServerName::DnsName(

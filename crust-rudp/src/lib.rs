@@ -71,12 +71,18 @@
 //! **Stream-open preamble.** QUIC tells the acceptor about a new stream only when data
 //! arrives on it, so the dialer opens the stream by writing the 8-byte Crust preamble
 //! ([`crust_core::wire::preamble`]); the acceptor checks it with
-//! [`crust_core::wire::negotiate_version`] and answers with its own preamble, which the
-//! dialer checks in turn. Only then does either side hand the stream to `crust-core`. This
-//! costs one round trip after the QUIC handshake, and in return the dialer knows the peer
-//! accepted both its certificate and the protocol version before `dial` returns. The ALPN
+//! [`crust_core::wire::negotiate_version`] and answers with its own preamble before it
+//! hands the stream to `crust-core`. The dialer does *not* wait for that answer: `dial`
+//! returns right after the QUIC handshake and its own preamble, so the preamble costs no
+//! round trip, and the acceptor's preamble is checked lazily as the first 8 bytes read from
+//! the stream ([`crust_core::wire::PreambleStream`]). A bad one fails that first read with an
+//! `io::Error` carrying [`Error::NotCrust`](crust_core::Error::NotCrust) or
+//! [`Error::VersionMismatch`](crust_core::Error::VersionMismatch), which `crust-core`
+//! reports as [`Error::ConnectionClosed`](crust_core::Error::ConnectionClosed) on receive,
+//! and the QUIC connection is closed with a protocol error; likewise a dialer learns only
+//! then that the acceptor refused its certificate or version. The ALPN
 //! already guarantees both sides speak Crust; the preamble carries the version range like
-//! on TCP. The whole handshake (QUIC plus preamble exchange) is bounded by
+//! on TCP. The whole handshake (QUIC plus the preamble) is bounded by
 //! [`ConnectionConfig::handshake_timeout`](crust_core::ConnectionConfig), after which a
 //! dial fails with [`Error::HandshakeTimeout`](crust_core::Error::HandshakeTimeout). A dial
 //! with an expected `PeerId` that the peer does not hold fails with

@@ -1,5 +1,6 @@
-//! The write half handed to `crust-core`: a QUIC send stream whose graceful shutdown waits
-//! until the peer has acknowledged everything written.
+//! The halves handed to `crust-core`: a QUIC send stream whose graceful shutdown waits
+//! until the peer has acknowledged everything written, and the dialler's receive stream,
+//! which checks the acceptor's preamble lazily.
 
 use std::fmt;
 use std::future::Future;
@@ -8,7 +9,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use crust_core::wire::{self, PreambleStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 type StoppedFuture = Pin<
     Box<
@@ -115,5 +117,73 @@ impl AsyncWrite for QuicWriter {
                 ))
             }
         })
+    }
+}
+
+/// The dialler's read half: the acceptor's preamble is not awaited during `dial` but checked
+/// as the first 8 bytes read (pipelining saves a round trip). A bad preamble fails the read
+/// with an `io::Error` carrying [`crust_core::Error::NotCrust`] or
+/// [`crust_core::Error::VersionMismatch`] (which `crust-core` reports as
+/// `ConnectionClosed`) and closes the QUIC connection with a protocol error.
+pub(crate) struct DialReader {
+    recv: PreambleStream<quinn::RecvStream>,
+    /// Held only until the preamble is checked, to close the connection if it is bad.
+    conn: Option<quinn::Connection>,
+    close_code: u32,
+}
+
+impl DialReader {
+    pub(crate) fn new(recv: quinn::RecvStream, conn: quinn::Connection, close_code: u32) -> Self {
+        DialReader {
+            recv: PreambleStream::check_only(recv),
+            conn: Some(conn),
+            close_code,
+        }
+    }
+}
+
+impl fmt::Debug for DialReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DialReader")
+            .field("stream", &self.recv.get_ref().id())
+            .field("version", &self.recv.version())
+            .finish()
+    }
+}
+
+impl AsyncRead for DialReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let outcome = ready!(Pin::new(&mut this.recv).poll_read(cx, buf));
+        if this.conn.is_some() {
+            match outcome {
+                Err(e) => {
+                    // A preamble refusal (not a plain I/O error): tell the peer why we leave.
+                    let e = match wire::preamble_error(e) {
+                        Ok(crust_core::Error::Io(io)) => io,
+                        Ok(refused) => {
+                            if let Some(conn) = this.conn.take() {
+                                conn.close(this.close_code.into(), b"bad preamble");
+                            }
+                            tracing::debug!(error = %refused, "acceptor's preamble refused");
+                            io::Error::new(io::ErrorKind::InvalidData, refused)
+                        }
+                        Err(e) => e,
+                    };
+                    return Poll::Ready(Err(e));
+                }
+                Ok(()) => {
+                    if this.recv.version().is_some() {
+                        this.conn = None;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        Poll::Ready(outcome)
     }
 }

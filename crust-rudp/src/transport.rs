@@ -1,10 +1,11 @@
 //! [`RudpTransport`]: the `Transport` implementation, and its listener.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use crust_core::wire::{self, MIN_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION};
@@ -18,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::RudpConfig;
-use crate::stream::QuicWriter;
+use crate::stream::{DialReader, QuicWriter};
 
 /// QUIC application error code sent when the peer's stream-open preamble is unacceptable.
 const CLOSE_PROTOCOL_ERROR: u32 = 1;
@@ -37,8 +38,19 @@ struct Inner {
     config: RudpConfig,
     transport_config: Arc<quinn::TransportConfig>,
     server_config: quinn::ServerConfig,
+    /// Client TLS configs, key parsed once.
+    client_configs: tls::ClientConfigs,
+    /// quinn client config for dials that accept any peer (built once).
+    any_peer_client: quinn::ClientConfig,
     endpoints: Mutex<Endpoints>,
+    /// Source address the routing table picks per remote IP, for dials from a wildcard socket.
+    source_ips: Mutex<HashMap<IpAddr, (IpAddr, Instant)>>,
 }
+
+/// How long a cached routing decision (source address towards a remote IP) is trusted.
+const SOURCE_IP_TTL: Duration = Duration::from_secs(30);
+/// Remote IPs whose source address is cached at most; the cache is emptied beyond.
+const SOURCE_IP_CACHE_LEN: usize = 1024;
 
 /// The endpoints of a transport.
 #[derive(Default)]
@@ -254,12 +266,20 @@ impl Inner {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(transport_config.clone());
 
+        let client_configs =
+            tls::ClientConfigs::new(&identity, config.crypto_provider.clone(), &[wire::ALPN])?;
+        let any_peer_client =
+            quic_client_config(client_configs.for_dial(None).0, transport_config.clone())?;
+
         Ok(Inner {
             identity,
             config,
             transport_config,
             server_config,
+            client_configs,
+            any_peer_client,
             endpoints: Mutex::new(Endpoints::default()),
+            source_ips: Mutex::new(HashMap::new()),
         })
     }
 
@@ -345,17 +365,49 @@ impl Inner {
         &self,
         expected: Option<PeerId>,
     ) -> Result<(quinn::ClientConfig, Arc<tls::PeerKeyVerifier>)> {
-        let (tls, verifier) = tls::client_config(
-            &self.identity,
-            self.config.crypto_provider.clone(),
-            expected,
-            &[wire::ALPN],
-        )?;
-        let quic = QuicClientConfig::try_from(Arc::new(tls))
-            .map_err(|e| Error::Handshake(format!("quic client configuration: {e}")))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(quic));
-        client.transport_config(self.transport_config.clone());
+        let (tls, verifier) = self.client_configs.for_dial(expected);
+        let client = match expected {
+            None => self.any_peer_client.clone(),
+            Some(_) => quic_client_config(tls, self.transport_config.clone())?,
+        };
         Ok((client, verifier))
+    }
+
+    /// Our address as the peer sees it for an outbound connection from `endpoint`: when the
+    /// endpoint is bound to a wildcard address, the source address the routing table picks
+    /// for `remote` (cached per remote IP for [`SOURCE_IP_TTL`]).
+    fn outbound_local_addr(
+        &self,
+        endpoint: &quinn::Endpoint,
+        remote: SocketAddr,
+    ) -> Result<SocketAddr> {
+        let local = endpoint.local_addr()?;
+        if !local.ip().is_unspecified() {
+            return Ok(local);
+        }
+        let now = Instant::now();
+        let cached = {
+            let cache = self.source_ips.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(&remote.ip())
+                .filter(|(_, at)| now.duration_since(*at) < SOURCE_IP_TTL)
+                .map(|(ip, _)| *ip)
+        };
+        let ip = match cached {
+            Some(ip) => ip,
+            None => match route_source_ip(remote) {
+                Some(ip) => {
+                    let mut cache = self.source_ips.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= SOURCE_IP_CACHE_LEN {
+                        cache.clear();
+                    }
+                    cache.insert(remote.ip(), (ip, now));
+                    ip
+                }
+                None => local.ip(),
+            },
+        };
+        Ok(SocketAddr::new(ip, local.port()))
     }
 
     async fn dial(&self, addr: SocketAddr, expected: Option<PeerId>) -> Result<SecureStream> {
@@ -380,19 +432,21 @@ impl Inner {
                     });
                 }
             }
-            let (mut send, mut recv) = conn
+            let (mut send, recv) = conn
                 .open_bi()
                 .await
                 .map_err(|e| Error::Handshake(format!("opening the stream: {e}")))?;
             send.write_all(&wire::preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION))
                 .await
                 .map_err(|e| Error::Handshake(format!("sending the preamble: {e}")))?;
-            read_preamble(&conn, &mut recv).await?;
-            let local_addr = outbound_local_addr(&endpoint, addr)?;
+            // The acceptor's preamble is not waited for: it is checked as the first 8 bytes
+            // read from the stream (see the crate docs), saving a round trip.
+            let local_addr = self.outbound_local_addr(&endpoint, addr)?;
+            let reader = DialReader::new(recv, conn.clone(), CLOSE_PROTOCOL_ERROR);
             Ok(secure_stream(
                 conn,
                 send,
-                recv,
+                reader,
                 peer_id,
                 local_addr,
                 Direction::Outbound,
@@ -617,33 +671,38 @@ fn peer_id_of(conn: &quinn::Connection) -> Result<PeerId> {
     tls::peer_id_from_certificates(Some(&certs))
 }
 
-/// Our address as the peer sees it for an outbound connection: when the endpoint is bound to
-/// a wildcard address, ask the routing table which source address reaches `remote`.
-fn outbound_local_addr(endpoint: &quinn::Endpoint, remote: SocketAddr) -> Result<SocketAddr> {
-    let local = endpoint.local_addr()?;
-    if !local.ip().is_unspecified() {
-        return Ok(local);
-    }
+/// The source address the routing table picks to reach `remote`.
+fn route_source_ip(remote: SocketAddr) -> Option<IpAddr> {
     let probe_bind: SocketAddr = if remote.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     // A connected UDP socket sends nothing; it only lets the kernel pick the source address.
-    let ip = std::net::UdpSocket::bind(probe_bind)
+    std::net::UdpSocket::bind(probe_bind)
         .and_then(|probe| {
             probe.connect(remote)?;
             probe.local_addr()
         })
         .map(|a| a.ip())
-        .unwrap_or(local.ip());
-    Ok(SocketAddr::new(ip, local.port()))
+        .ok()
+}
+
+fn quic_client_config(
+    tls: Arc<rustls::ClientConfig>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig> {
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Handshake(format!("quic client configuration: {e}")))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport);
+    Ok(client)
 }
 
 fn secure_stream(
     conn: quinn::Connection,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    recv: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
     peer_id: PeerId,
     local_addr: SocketAddr,
     direction: Direction,

@@ -485,3 +485,73 @@ fn defaults_are_documented_values() {
     assert_eq!(config.max_concurrent_handshakes, 64);
     assert_eq!(config.connection, ConnectionConfig::default());
 }
+
+/// The dialler does not wait for the acceptor's preamble (pipelined); an acceptor that
+/// answers with an unacceptable one is refused on the first read: the connection reports
+/// `ConnectionClosed` and the QUIC connection is closed with a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_acceptor_preamble_fails_the_first_read() {
+    use crust_rudp::quinn;
+    use std::sync::Arc;
+
+    init_tracing();
+    within(async {
+        for theirs in [crust_core::wire::preamble(7, 5), *b"GET / HT"] {
+            let identity = Identity::generate().expect("identity");
+            let server_id = identity.peer_id();
+            let tls = crust_core::tls::server_config(
+                &identity,
+                crust_core::tls::default_crypto_provider(),
+                &[crust_core::wire::ALPN],
+            )
+            .expect("tls");
+            let quic =
+                quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).expect("quic");
+            let server = quinn::Endpoint::server(
+                quinn::ServerConfig::with_crypto(Arc::new(quic)),
+                loopback(),
+            )
+            .expect("endpoint");
+            let addr = server.local_addr().expect("addr");
+            let acceptor = tokio::spawn(async move {
+                let conn = server
+                    .accept()
+                    .await
+                    .expect("incoming")
+                    .await
+                    .expect("handshake");
+                let (mut send, mut recv) = conn.accept_bi().await.expect("stream");
+                let mut ours = [0u8; crust_core::wire::PREAMBLE_LEN];
+                recv.read_exact(&mut ours)
+                    .await
+                    .expect("dialler's preamble");
+                assert_eq!(
+                    ours,
+                    crust_core::wire::preamble(
+                        crust_core::wire::PROTOCOL_VERSION,
+                        crust_core::wire::MIN_PROTOCOL_VERSION
+                    )
+                );
+                send.write_all(&theirs).await.expect("write");
+                conn.closed().await
+            });
+
+            let client = transport(RudpConfig::default());
+            let mut conn = client
+                .dial(addr, Some(server_id))
+                .await
+                .expect("dial returns before the acceptor's preamble is read");
+            match conn.recv().await {
+                Err(Error::ConnectionClosed) => {}
+                other => panic!("expected ConnectionClosed, got {other:?}"),
+            }
+            match acceptor.await.expect("acceptor") {
+                quinn::ConnectionError::ApplicationClosed(close) => {
+                    assert_eq!(close.error_code, quinn::VarInt::from_u32(1));
+                }
+                other => panic!("expected an application close, got {other:?}"),
+            }
+        }
+    })
+    .await
+}

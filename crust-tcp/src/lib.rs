@@ -7,7 +7,9 @@
 //! On connect both sides first send the 8-byte clear-text Crust preamble (magic `CRST` and
 //! the protocol versions they speak), so strangers and incompatible versions fail fast with
 //! [`Error::NotCrust`] or
-//! [`Error::VersionMismatch`]. Then TLS 1.3 runs with
+//! [`Error::VersionMismatch`]. The dialer pipelines it: its preamble and TLS ClientHello go
+//! out together, and the listener's preamble is checked as the first 8 bytes read
+//! ([`wire::PreambleStream`]), so it costs no round trip. Then TLS 1.3 runs with
 //! the nodes' self-signed certificates; the verifiers accept exactly the peer's key (and
 //! when dialling with an expected [`PeerId`], only that one). See `docs/protocol.md`.
 //!
@@ -121,8 +123,8 @@ pub struct TcpTransport {
     identity: Identity,
     config: TcpConfig,
     acceptor: TlsAcceptor,
-    /// Client config for dials that do not insist on a `PeerId` (built once).
-    any_peer_connector: (TlsConnector, Arc<tls::PeerKeyVerifier>),
+    /// Client configs (key parsed once; a per-dial verifier only when a `PeerId` is expected).
+    client_configs: tls::ClientConfigs,
     /// Addresses we listen on, for dialling from the listening port.
     listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
 }
@@ -131,11 +133,11 @@ impl TcpTransport {
     /// A transport for `identity`.
     pub fn new(identity: Identity, config: TcpConfig) -> Result<Self> {
         let server = tls::server_config(&identity, config.crypto_provider.clone(), &[])?;
-        let (client, verifier) =
-            tls::client_config(&identity, config.crypto_provider.clone(), None, &[])?;
+        let client_configs =
+            tls::ClientConfigs::new(&identity, config.crypto_provider.clone(), &[])?;
         Ok(TcpTransport {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            any_peer_connector: (TlsConnector::from(Arc::new(client)), verifier),
+            client_configs,
             identity,
             config,
             listen_addrs: Arc::new(Mutex::new(Vec::new())),
@@ -147,22 +149,9 @@ impl TcpTransport {
         &self.config
     }
 
-    fn connector_for(
-        &self,
-        expected: Option<PeerId>,
-    ) -> Result<(TlsConnector, Arc<tls::PeerKeyVerifier>)> {
-        match expected {
-            None => Ok(self.any_peer_connector.clone()),
-            Some(id) => {
-                let (client, verifier) = tls::client_config(
-                    &self.identity,
-                    self.config.crypto_provider.clone(),
-                    Some(id),
-                    &[],
-                )?;
-                Ok((TlsConnector::from(Arc::new(client)), verifier))
-            }
-        }
+    fn connector_for(&self, expected: Option<PeerId>) -> (TlsConnector, Arc<tls::PeerKeyVerifier>) {
+        let (client, verifier) = self.client_configs.for_dial(expected);
+        (TlsConnector::from(client), verifier)
     }
 
     fn listen_port_for(&self, remote: SocketAddr) -> Option<SocketAddr> {
@@ -246,15 +235,19 @@ impl Transport for TcpTransport {
         expected: Option<PeerId>,
     ) -> Result<SecureStream> {
         let timeout = self.config.connection.handshake_timeout;
-        let (connector, verifier) = self.connector_for(expected)?;
+        let (connector, verifier) = self.connector_for(expected);
         let handshake = async {
-            let mut tcp = self.connect_tcp(addr).await?;
+            let tcp = self.connect_tcp(addr).await?;
             let local_addr = tcp.local_addr()?;
-            wire::exchange_preamble(&mut tcp).await?;
+            // Pipelined preamble: ours goes out with the ClientHello, and the listener's is
+            // checked as the first 8 bytes TLS reads, so no round trip is spent waiting for it.
             let tls = connector
-                .connect(tls::server_name(), tcp)
+                .connect(tls::server_name(), wire::PreambleStream::new(tcp))
                 .await
-                .map_err(|e| tls::dial_handshake_error(&verifier, e))?;
+                .map_err(|e| match wire::preamble_error(e) {
+                    Ok(preamble) => preamble,
+                    Err(e) => tls::dial_handshake_error(&verifier, e),
+                })?;
             let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
             if let Some(expected) = expected {
                 if expected != peer_id {
