@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -567,13 +568,12 @@ impl Inner {
             };
             match accepted {
                 Ok(conn) => {
-                    let inner = self.clone();
-                    self.tasks.spawn(async move {
-                        let peer = conn.peer_id();
-                        if let Err(e) = inner.register(conn).await {
-                            tracing::debug!(%peer, error = %e, "incoming connection refused");
-                        }
-                    });
+                    // Registering is quick (it waits only if the application's event
+                    // queue is full, which then slows accepting down: backpressure).
+                    let peer = conn.peer_id();
+                    if let Err(e) = self.clone().register(conn).await {
+                        tracing::debug!(%peer, error = %e, "incoming connection refused");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "listener stopped");
@@ -623,20 +623,37 @@ impl Inner {
                 self.transports.iter().map(|t| t.protocol()).collect(),
             ));
         }
-        let (result_tx, result_rx) = oneshot::channel();
-        let inner = self.clone();
+        let (result_tx, mut result_rx) = oneshot::channel();
         let span = tracing::info_span!("connect", expected = ?expected);
-        self.tasks.spawn(
-            inner
-                .race(first, fallback, expected, result_tx)
-                .instrument(span),
-        );
+        // The race runs inside this call (no task hop on the way to the first connection);
+        // whatever is still in flight once the outcome is known moves to a background task.
+        let mut race = DetachOnDrop {
+            future: Some(Box::pin(
+                self.clone()
+                    .race(first, fallback, expected, result_tx)
+                    .instrument(span),
+            )),
+            tasks: self.tasks.clone(),
+        };
+        let mut race_done = false;
         let timeout = self.config.connect_timeout;
-        tokio::select! {
-            result = result_rx => result.unwrap_or(Err(Error::Shutdown)),
-            _ = tokio::time::sleep(timeout) => Err(Error::ConnectTimeout(timeout)),
-            _ = self.shutdown.cancelled() => Err(Error::Shutdown),
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                result = &mut result_rx => break result.unwrap_or(Err(Error::Shutdown)),
+                _ = race.run(), if !race_done => race_done = true,
+                _ = &mut deadline => break Err(Error::ConnectTimeout(timeout)),
+                _ = self.shutdown.cancelled() => break Err(Error::Shutdown),
+            }
+        };
+        if race_done {
+            race.future = None;
         }
+        // Dropping `race` moves unfinished attempts to a background task.
+        drop(race);
+        outcome
     }
 
     /// Runs the happy-eyeballs race and reports the first outcome on `result`. Keeps
@@ -1025,6 +1042,34 @@ impl Inner {
                 reason: "banned".into(),
             })
             .await;
+        }
+    }
+}
+
+/// Owns a future that must run to completion: polled in place while its owner waits for
+/// it, and moved to a background task if the owner stops waiting (returns early or is
+/// cancelled), so connection attempts are never abandoned half-way.
+struct DetachOnDrop<F: Future<Output = ()> + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+    tasks: TaskTracker,
+}
+
+impl<F: Future<Output = ()> + Send + 'static> DetachOnDrop<F> {
+    /// Polls the future in place; completes when it does.
+    async fn run(&mut self) {
+        if let Some(future) = self.future.as_mut() {
+            future.as_mut().await;
+        }
+        self.future = None;
+    }
+}
+
+impl<F: Future<Output = ()> + Send + 'static> Drop for DetachOnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.tasks.spawn(future);
+            }
         }
     }
 }
