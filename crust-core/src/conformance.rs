@@ -62,6 +62,7 @@ macro_rules! conformance_tests {
             four_gib_frame_header_is_refused,
             hundred_concurrent_connections,
             both_sides_see_authenticated_peer_ids,
+            batched_send_and_receive_keep_order,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -428,6 +429,69 @@ pub async fn both_sides_see_authenticated_peer_ids(factory: &dyn TransportFactor
         assert_eq!(client.info().direction, crate::Direction::Outbound);
         assert_eq!(server.info().direction, crate::Direction::Inbound);
         assert_eq!(client.info().protocol, p.dialer.protocol());
+    })
+    .await
+}
+
+/// `send_many`/`recv_many` move 20,000 small messages (and some large ones) in order, and a
+/// batch holding one oversized message is refused whole.
+pub async fn batched_send_and_receive_keep_order(factory: &dyn TransportFactory) {
+    within("batches", async {
+        let mut p = pair(factory, kit_config(), kit_config()).await;
+        let (client, mut server) = p.connect().await;
+        let oversized = vec![
+            Bytes::from_static(b"never sent"),
+            pattern(KIT_MAX_MESSAGE_SIZE + 1, 9),
+        ];
+        let err = client
+            .send_many(&oversized)
+            .await
+            .expect_err("oversized batch");
+        assert!(matches!(err, Error::MessageTooLarge { .. }), "{err:?}");
+        const N: u32 = 20_000;
+        let sender = tokio::spawn(async move {
+            let mut next = 0u32;
+            while next < N {
+                let batch: Vec<Bytes> = (next..(next + 997).min(N))
+                    .map(|i| {
+                        let len = if i % 5000 == 0 {
+                            100_000
+                        } else {
+                            (i % 61) as usize
+                        };
+                        let mut msg = i.to_be_bytes().to_vec();
+                        msg.resize(4 + len, i as u8);
+                        Bytes::from(msg)
+                    })
+                    .collect();
+                next += batch.len() as u32;
+                client.send_many(&batch).await.expect("send_many");
+            }
+            client
+        });
+        let mut got = Vec::new();
+        let mut expected = 0u32;
+        while expected < N {
+            got.clear();
+            let n = server.recv_many(&mut got, 512).await.expect("recv_many");
+            assert!((1..=512).contains(&n) && n == got.len());
+            for msg in &got {
+                let seq = u32::from_be_bytes([msg[0], msg[1], msg[2], msg[3]]);
+                assert_eq!(seq, expected, "batched messages out of order");
+                let len = if seq % 5000 == 0 {
+                    100_000
+                } else {
+                    (seq % 61) as usize
+                };
+                assert_eq!(msg.len(), 4 + len);
+                assert!(msg[4..].iter().all(|b| *b == seq as u8));
+                expected += 1;
+            }
+        }
+        let client = sender.await.expect("sender task");
+        client.close().await;
+        let err = server.recv().await.expect_err("closed");
+        assert!(matches!(err, Error::ConnectionClosed), "{err:?}");
     })
     .await
 }

@@ -224,6 +224,48 @@ impl SendQueue {
         }
     }
 
+    /// Queues several application messages in order under as few locks as possible, waiting
+    /// whenever the buffer is full. Sizes were checked by the caller.
+    async fn push_many(&self, messages: &[Bytes]) -> Result<()> {
+        let mut next = 0;
+        while next < messages.len() {
+            let wait = {
+                let mut state = self.lock();
+                if state.closed {
+                    return Err(Error::ConnectionClosed);
+                }
+                let queued_before = state.queued_bytes;
+                while let Some(message) = messages.get(next) {
+                    let frame_len = wire::FRAME_HEADER_LEN + message.len();
+                    if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
+                        break;
+                    }
+                    Self::encode(&mut state, FrameKind::Message, message.clone())?;
+                    state.queued_bytes += frame_len;
+                    next += 1;
+                }
+                let wake =
+                    state.queued_bytes != queued_before && std::mem::take(&mut state.writer_parked);
+                let wait = if next < messages.len() {
+                    let mut space = Box::pin(self.space.notified());
+                    space.as_mut().enable();
+                    Some(space)
+                } else {
+                    None
+                };
+                drop(state);
+                if wake {
+                    self.writer_wake.notify_one();
+                }
+                wait
+            };
+            if let Some(space) = wait {
+                space.await;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a frame only if it fits right now (used for automatic replies, which must
     /// never make the reader wait).
     fn try_push(&self, kind: FrameKind, payload: Bytes) -> bool {
@@ -373,6 +415,7 @@ impl Connection {
         tokio::spawn(run_writer(stream.writer, shared.clone()));
         let receiver = MessageReceiver {
             frames: Some(FrameReader::new(stream.reader, config.max_message_size)),
+            pending_error: None,
             shared: shared.clone(),
         };
         Connection {
@@ -404,6 +447,17 @@ impl Connection {
     /// Queues one message for the peer. See [`MessageSender::send`].
     pub async fn send(&self, message: Bytes) -> Result<()> {
         self.sender.send(message).await
+    }
+
+    /// Queues several messages at once. See [`MessageSender::send_many`].
+    pub async fn send_many(&self, messages: &[Bytes]) -> Result<()> {
+        self.sender.send_many(messages).await
+    }
+
+    /// Receives every message that already arrived (at least one). See
+    /// [`MessageReceiver::recv_many`].
+    pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, max: usize) -> Result<usize> {
+        self.receiver.recv_many(out, max).await
     }
 
     /// Receives the next message. See [`MessageReceiver::recv`].
@@ -473,6 +527,24 @@ impl MessageSender {
     /// TCP, it is not an acknowledgement of delivery.
     pub async fn send(&self, message: Bytes) -> Result<()> {
         self.send_frame(FrameKind::Message, message).await
+    }
+
+    /// Queues several application messages, in order, taking the send buffer's lock once
+    /// per burst instead of once per message: the fastest way to send many small messages.
+    ///
+    /// Every size is checked first: if any message exceeds the maximum, nothing is queued
+    /// and [`Error::MessageTooLarge`] is returned. Otherwise waits while the buffer is full,
+    /// like [`MessageSender::send`]; on [`Error::ConnectionClosed`] an unknown prefix of the
+    /// messages may have been queued.
+    pub async fn send_many(&self, messages: &[Bytes]) -> Result<()> {
+        let max = self.shared.queue.max_message_size;
+        if let Some(big) = messages.iter().find(|m| m.len() > max) {
+            return Err(Error::MessageTooLarge {
+                size: big.len() as u64,
+                max,
+            });
+        }
+        self.shared.queue.push_many(messages).await
     }
 
     /// Queues a frame of any kind (control messages are sent this way).
@@ -569,6 +641,8 @@ impl fmt::Debug for MessageSender {
 pub struct MessageReceiver {
     /// `None` once the connection ended, so the read half is released at once.
     frames: Option<FrameReader>,
+    /// An error met while draining (`recv_many`), reported by the next call.
+    pending_error: Option<Box<Error>>,
     shared: Arc<Shared>,
 }
 
@@ -595,6 +669,37 @@ impl MessageReceiver {
         }
     }
 
+    /// Waits for at least one application message, then appends to `out` every further
+    /// message that has already arrived, up to `max` in all; returns how many were added.
+    /// The fastest way to receive many small messages. Errors as [`MessageReceiver::recv`];
+    /// messages appended before an error are kept in `out`.
+    pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, max: usize) -> Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        out.push(self.recv().await?);
+        let mut added = 1;
+        while added < max {
+            match self.try_recv_frame() {
+                Ok(Some(frame)) => match frame.kind {
+                    FrameKind::Message => {
+                        out.push(frame.payload);
+                        added += 1;
+                    }
+                    FrameKind::Ping => self.answer_ping(frame.payload),
+                    _ => {}
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    // What arrived before the error is returned now, the error next time.
+                    self.pending_error = Some(Box::new(e));
+                    break;
+                }
+            }
+        }
+        Ok(added)
+    }
+
     /// Answers a ping with a pong carrying the same payload, unless the send buffer is full
     /// (a peer pinging faster than it reads gets no answer rather than stalling us).
     pub fn answer_ping(&self, payload: Bytes) {
@@ -603,6 +708,9 @@ impl MessageReceiver {
 
     /// Receives the next frame of any kind, for code that handles control messages itself.
     pub async fn recv_frame(&mut self) -> Result<Frame> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(*e);
+        }
         let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
@@ -644,6 +752,9 @@ impl MessageReceiver {
     /// Lets a reader drain a burst of frames in one go. Errors are final, as for
     /// [`MessageReceiver::recv_frame`].
     pub fn try_recv_frame(&mut self) -> Result<Option<Frame>> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(*e);
+        }
         let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
         };

@@ -589,6 +589,99 @@ async fn transfer(env: &Env, row: Row, size: usize, count: usize) -> Result<Tran
     Ok(Transfer { secs, cpu })
 }
 
+/// Like [`transfer`], but Crust rows use the batch API: `send_many` of 256 messages and
+/// `recv_many` (the facade delivers events as usual). Baseline rows run [`transfer`].
+async fn transfer_batched(env: &Env, row: Row, size: usize, count: usize) -> Result<Transfer> {
+    const BATCH: usize = 256;
+    let pair = connect_pair(env, row).await?;
+    let payload = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
+    let total = (size * count) as u64;
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    match pair {
+        Pair::Stream { .. } => {
+            drop(pair);
+            return transfer(env, row, size, count).await;
+        }
+        Pair::Crust {
+            sender,
+            mut receiver,
+            _hold,
+        } => {
+            let receiving = tokio::spawn(async move {
+                let (mut bytes, mut n) = (0u64, 0usize);
+                let mut got = Vec::with_capacity(1024);
+                while n < count {
+                    got.clear();
+                    n += receiver.recv_many(&mut got, 1024).await?;
+                    bytes += got.iter().map(|m| m.len() as u64).sum::<u64>();
+                }
+                anyhow::Ok((bytes, receiver))
+            });
+            let sending = tokio::spawn(async move {
+                let batch = vec![payload; BATCH];
+                let mut sent = 0;
+                while sent < count {
+                    let n = BATCH.min(count - sent);
+                    sender.send_many(&batch[..n]).await?;
+                    sent += n;
+                }
+                anyhow::Ok(sender)
+            });
+            let (bytes, receiver) = receiving.await??;
+            let sender = sending.await??;
+            let secs = start.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu0;
+            drop((sender, receiver, _hold));
+            if bytes != total {
+                bail!("{}: received {bytes} of {total} bytes", row.name());
+            }
+            Ok(Transfer { secs, cpu })
+        }
+        Pair::Facade {
+            sender,
+            to,
+            receiver,
+            mut events,
+        } => {
+            let receiving = tokio::spawn(async move {
+                let (mut bytes, mut n) = (0u64, 0usize);
+                while n < count {
+                    match events.recv().await {
+                        Some(Event::Message { payload, .. }) => {
+                            bytes += payload.len() as u64;
+                            n += 1;
+                        }
+                        Some(_) => {}
+                        None => bail!("events ended after {n} messages"),
+                    }
+                }
+                anyhow::Ok(bytes)
+            });
+            let sending = tokio::spawn(async move {
+                let batch = vec![payload; BATCH];
+                let mut sent = 0;
+                while sent < count {
+                    let n = BATCH.min(count - sent);
+                    sender.send_many(to, &batch[..n]).await?;
+                    sent += n;
+                }
+                anyhow::Ok(sender)
+            });
+            let bytes = receiving.await??;
+            let sender = sending.await??;
+            let secs = start.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu0;
+            if bytes != total {
+                bail!("{}: received {bytes} of {total} bytes", row.name());
+            }
+            sender.shutdown().await;
+            receiver.shutdown().await;
+            Ok(Transfer { secs, cpu })
+        }
+    }
+}
+
 /// Baseline sender: `u32` big-endian length prefix + payload, coalesced in a 64 KiB buffer
 /// (large payloads bypass it), flushed at the end.
 async fn write_frames(writer: Writer, payload: Bytes, count: usize) -> Result<Writer> {
@@ -986,11 +1079,13 @@ struct RowResult {
     bulk_mib_s: Option<f64>,
     cpu_s_per_gib: Option<f64>,
     rate_msg_s: Option<f64>,
+    batch_msg_s: Option<f64>,
     hs_p50_ms: Option<f64>,
     hs_p99_ms: Option<f64>,
     bulk_runs: Vec<f64>,
     cpu_runs: Vec<f64>,
     rate_runs: Vec<f64>,
+    batch_runs: Vec<f64>,
     hs_p50_runs: Vec<f64>,
     hs_p99_runs: Vec<f64>,
     errors: Vec<String>,
@@ -1040,7 +1135,7 @@ async fn run(opts: Opts) -> Result<()> {
     // its baseline see the same machine conditions; each row reports the median.
     let mib = opts.bulk_bytes as f64 / MIB as f64;
     let gib = opts.bulk_bytes as f64 / GIB;
-    for case in ["bulk", "rate", "handshake"] {
+    for case in ["bulk", "rate", "batch", "handshake"] {
         if !opts.runs(case) {
             continue;
         }
@@ -1061,6 +1156,11 @@ async fn run(opts: Opts) -> Result<()> {
                     "rate" => transfer(&env, row, 64, opts.rate_messages)
                         .await
                         .map(|t| result.rate_runs.push(opts.rate_messages as f64 / t.secs)),
+                    // The batch API only exists on Crust rows; baselines already coalesce.
+                    "batch" if row.baseline().is_none() => Ok(()),
+                    "batch" => transfer_batched(&env, row, 64, opts.rate_messages)
+                        .await
+                        .map(|t| result.batch_runs.push(opts.rate_messages as f64 / t.secs)),
                     _ => handshakes(&env, row, opts.handshakes).await.map(|s| {
                         result.hs_p50_runs.push(median(&s) * 1e3);
                         result.hs_p99_runs.push(percentile(&s, 0.99) * 1e3);
@@ -1078,6 +1178,7 @@ async fn run(opts: Opts) -> Result<()> {
         result.bulk_mib_s = med(&result.bulk_runs);
         result.cpu_s_per_gib = med(&result.cpu_runs);
         result.rate_msg_s = med(&result.rate_runs);
+        result.batch_msg_s = med(&result.batch_runs);
         result.hs_p50_ms = med(&result.hs_p50_runs);
         result.hs_p99_ms = med(&result.hs_p99_runs);
     }
@@ -1089,6 +1190,38 @@ async fn run(opts: Opts) -> Result<()> {
     let (table, json_rows, targets) = report.render();
     println!();
     println!("{table}");
+    let batched: Vec<String> = report
+        .results
+        .iter()
+        .filter_map(|(row, r)| {
+            let batch = r.batch_msg_s?;
+            let base = row.baseline()?;
+            let base_rate = report
+                .results
+                .iter()
+                .find(|(b, _)| *b == base)
+                // A Crust baseline is compared batched too; raw baselines already coalesce.
+                .and_then(|(_, b)| b.batch_msg_s.or(b.rate_msg_s))?;
+            let ratio = batch / base_rate;
+            let verdict = if ratio >= 0.95 { "PASS" } else { "MISS" };
+            Some(format!(
+                "  {:<12} {:>11.0} msg/s  {:.2}x {:<13} {verdict}",
+                row.name(),
+                batch,
+                ratio,
+                base.name()
+            ))
+        })
+        .collect();
+    if !batched.is_empty() {
+        println!(
+            "64-byte message rate with the batch API (send_many of 256 / recv_many), vs the baseline's rate:"
+        );
+        for line in &batched {
+            println!("{line}");
+        }
+        println!();
+    }
     let wall_secs = wall.elapsed().as_secs_f64();
     println!("bench wall time: {wall_secs:.1} s");
     let json = json!({
@@ -1235,6 +1368,7 @@ impl Report {
                 "bulk_ratio": bulk_ratio,
                 "cpu_s_per_gib": r.cpu_s_per_gib,
                 "rate_msg_per_s": r.rate_msg_s,
+                "batch_msg_per_s": r.batch_msg_s,
                 "rate_ratio": rate_ratio,
                 "handshake_p50_ms": r.hs_p50_ms,
                 "handshake_p99_ms": r.hs_p99_ms,

@@ -446,6 +446,22 @@ impl Service {
         }
     }
 
+    /// Queues several messages for a connected peer in one go (in order, one lock per
+    /// burst): the fastest way to send many small messages. If any message is over the
+    /// maximum size nothing is queued. Unlike [`Service::send`], a batch is not moved to a
+    /// successor connection if the connection ends under it: on
+    /// [`crust_core::Error::ConnectionClosed`] an unknown prefix may have been queued.
+    pub async fn send_many(&self, peer: PeerId, messages: &[Bytes]) -> Result<()> {
+        let sender = {
+            let state = self.inner.lock();
+            match state.peers.get(&peer) {
+                Some(entry) => entry.active.sender.clone(),
+                None => return Err(Error::NotConnected(peer)),
+            }
+        };
+        sender.send_many(messages).await.map_err(Error::from)
+    }
+
     /// The connected peers, with the connection each uses.
     pub fn peers(&self) -> Vec<ConnectionInfo> {
         let state = self.inner.lock();
