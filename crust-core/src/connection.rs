@@ -207,7 +207,7 @@ impl SendQueue {
                     let Some(payload) = payload.take() else {
                         return Err(Error::ConnectionClosed);
                     };
-                    Self::encode(&mut state, kind, payload)?;
+                    Self::encode(&mut state, kind, &payload)?;
                     state.queued_bytes += frame_len;
                     let wake = std::mem::take(&mut state.writer_parked);
                     drop(state);
@@ -240,7 +240,7 @@ impl SendQueue {
                     if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
                         break;
                     }
-                    Self::encode(&mut state, FrameKind::Message, message.clone())?;
+                    Self::encode(&mut state, FrameKind::Message, message)?;
                     state.queued_bytes += frame_len;
                     next += 1;
                 }
@@ -283,7 +283,7 @@ impl SendQueue {
         if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
             return Ok(Some(payload));
         }
-        Self::encode(&mut state, kind, payload)?;
+        Self::encode(&mut state, kind, &payload)?;
         state.queued_bytes += frame_len;
         let wake = std::mem::take(&mut state.writer_parked);
         drop(state);
@@ -293,14 +293,14 @@ impl SendQueue {
         Ok(None)
     }
 
-    fn encode(state: &mut SendState, kind: FrameKind, payload: Bytes) -> Result<()> {
+    fn encode(state: &mut SendState, kind: FrameKind, payload: &Bytes) -> Result<()> {
         wire::put_frame_header(&mut state.tail, kind, payload.len())?;
         if payload.len() >= DIRECT_WRITE_BYTES {
             let head = state.tail.split().freeze();
             state.chunks.push_back(head);
-            state.chunks.push_back(payload);
+            state.chunks.push_back(payload.clone());
         } else {
-            state.tail.put_slice(&payload);
+            state.tail.put_slice(payload);
         }
         Ok(())
     }

@@ -206,7 +206,7 @@ impl Transport for TcpTransport {
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
         socket.bind(addr)?;
-        let listener = socket.listen(self.config.listen_backlog)?;
+        let listener = Arc::new(socket.listen(self.config.listen_backlog)?);
         let local = listener.local_addr()?;
         self.listen_addrs
             .lock()
@@ -214,7 +214,7 @@ impl Transport for TcpTransport {
             .push(local);
         let (tx, rx) = mpsc::channel(self.config.accept_queue_len.max(1));
         let accept_task = tokio::spawn(accept_loop(
-            listener,
+            listener.clone(),
             self.acceptor.clone(),
             self.config.clone(),
             tx,
@@ -224,6 +224,7 @@ impl Transport for TcpTransport {
             local,
             incoming: rx,
             accept_task: accept_task.abort_handle(),
+            socket: listener,
             config: self.config.connection.clone(),
             listen_addrs: self.listen_addrs.clone(),
         }))
@@ -285,6 +286,9 @@ struct TcpListener {
     local: SocketAddr,
     incoming: mpsc::Receiver<SecureStream>,
     accept_task: tokio::task::AbortHandle,
+    /// The listening socket, shared with the accept task, so dropping the listener can stop
+    /// it at once instead of when the aborted task is finally dropped.
+    socket: Arc<tokio::net::TcpListener>,
     config: ConnectionConfig,
     listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
 }
@@ -299,6 +303,8 @@ impl fmt::Debug for TcpListener {
 
 impl Drop for TcpListener {
     fn drop(&mut self) {
+        // Stop accepting now: new connection attempts are refused from this moment on.
+        let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Both);
         self.accept_task.abort();
         let mut addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = addrs.iter().position(|a| *a == self.local) {
@@ -326,7 +332,7 @@ impl Listener for TcpListener {
 }
 
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listener: Arc<tokio::net::TcpListener>,
     acceptor: TlsAcceptor,
     config: TcpConfig,
     ready: mpsc::Sender<SecureStream>,

@@ -205,3 +205,17 @@ async fn dials_can_leave_from_the_listening_port() {
     assert_eq!(accepted.peer_id(), a.local_peer_id());
     drop(a_listener);
 }
+
+#[tokio::test]
+async fn dropping_the_listener_refuses_new_connections_at_once() {
+    let server = transport(TcpConfig::default());
+    let listener = server.listen(loopback()).await.expect("listen");
+    let addr = listener.local_endpoint().addr();
+    TcpStream::connect(addr).await.expect("listening");
+    drop(listener);
+    // No waiting: the socket stops listening when the listener is dropped.
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after drop"
+    );
+}
