@@ -304,7 +304,8 @@ impl Service {
             }
             state.listening = true;
         }
-        let mut bound = Vec::new();
+        // Listen on every transport first, so that a failure leaves nothing running.
+        let mut listeners = Vec::with_capacity(inner.transports.len());
         for transport in &inner.transports {
             let port = match transport.protocol() {
                 Protocol::Tcp => inner.config.tcp_port,
@@ -312,13 +313,17 @@ impl Service {
                 _ => 0,
             };
             let addr = SocketAddr::new(inner.config.listen_ip, port);
-            let listener = match transport.listen(addr).await {
-                Ok(listener) => listener,
+            match transport.listen(addr).await {
+                Ok(listener) => listeners.push(listener),
                 Err(e) => {
+                    drop(listeners);
                     inner.lock().listening = false;
                     return Err(e.into());
                 }
-            };
+            }
+        }
+        let mut bound = Vec::with_capacity(listeners.len());
+        for listener in listeners {
             let endpoint = listener.local_endpoint();
             bound.push(endpoint);
             inner.lock().listeners.push(endpoint);
@@ -392,7 +397,6 @@ impl Service {
     /// If the connection in use is being replaced (duplicate resolution), the message goes
     /// out on its successor; it is never queued on a connection that already ended.
     pub async fn send(&self, peer: PeerId, payload: Bytes) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.connection.handshake_timeout;
         // Fast path: queue without waiting while the registry is locked (no handle clone).
         let payload = {
             let state = self.inner.lock();
@@ -406,6 +410,7 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
         };
+        let deadline = tokio::time::Instant::now() + self.inner.config.connection.handshake_timeout;
         loop {
             let (id, sender) = {
                 let state = self.inner.lock();
