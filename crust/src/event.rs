@@ -61,6 +61,16 @@ pub enum Event {
         /// Whether the peer was banned as a consequence.
         banned: bool,
     },
+    /// A connection to a peer found by a discovery source (bootstrap cache or config, LAN
+    /// beacon, …) succeeded. Also reported to the source as a direct connection.
+    BootstrapConnected {
+        /// Who.
+        peer: PeerId,
+        /// The endpoint we reached it at.
+        endpoint: Endpoint,
+        /// The discovery source's name.
+        source: String,
+    },
     /// A peer was banned for the rest of the session.
     PeerBanned {
         /// Who.

@@ -44,9 +44,10 @@ mod service;
 pub use config::{FloodAction, RateLimit, ServiceConfig};
 pub use error::{Error, Result};
 pub use event::Event;
-pub use service::{Events, Service};
+pub use service::{DISCOVERY_CONCURRENCY, Events, Service};
 
 pub use bytes::Bytes;
 pub use crust_core::{
-    ConnectionConfig, ConnectionInfo, Direction, Endpoint, Identity, PeerId, Protocol,
+    ConnectionConfig, ConnectionInfo, Direction, Discovery, Endpoint, Identity, PeerCandidate,
+    PeerId, Protocol,
 };

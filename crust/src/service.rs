@@ -14,8 +14,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use crust_core::wire::FrameKind;
 use crust_core::{
-    Connection, ConnectionInfo, Direction, Endpoint, Identity, MessageReceiver, MessageSender,
-    PeerId, Protocol, Transport,
+    Connection, ConnectionInfo, Direction, Discovery, Endpoint, Identity, MessageReceiver,
+    MessageSender, PeerCandidate, PeerId, Protocol, Transport,
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -36,6 +36,9 @@ pub struct Events {
     rx: mpsc::Receiver<Vec<Event>>,
     pending: std::collections::VecDeque<Event>,
 }
+
+/// Candidates of one discovery source dialled at the same time.
+pub const DISCOVERY_CONCURRENCY: usize = 8;
 
 /// Most events a connection's reader hands over in one batch.
 const EVENT_BATCH: usize = 64;
@@ -392,6 +395,20 @@ impl Service {
         });
     }
 
+    /// Plugs in a discovery source (a bootstrap cache, LAN beacons, gossip): the service
+    /// takes its candidates as they come, connects to the ones it is not connected to (up to
+    /// [`DISCOVERY_CONCURRENCY`] at a time, TCP first like [`Service::connect`]), reports
+    /// each success as [`Event::BootstrapConnected`] and tells the source which peers it
+    /// reached directly (so a bootstrap cache can remember them). Runs until the source is
+    /// exhausted or the service stops. Any number of sources can be added.
+    pub fn add_discovery(&self, discovery: Box<dyn Discovery>) {
+        let inner = self.inner.clone();
+        let span = tracing::info_span!("discovery", source = discovery.name());
+        self.inner
+            .tasks
+            .spawn(inner.discovery_loop(discovery).instrument(span));
+    }
+
     /// Queues a message for a connected peer.
     ///
     /// If the connection in use is being replaced (duplicate resolution), the message goes
@@ -579,6 +596,81 @@ impl Inner {
             .iter()
             .find(|t| t.protocol() == protocol)
             .cloned()
+    }
+
+    async fn discovery_loop(self: Arc<Self>, mut discovery: Box<dyn Discovery>) {
+        let source = discovery.name().to_owned();
+        loop {
+            let candidates = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                candidates = discovery.next_candidates() => candidates,
+            };
+            let Some(candidates) = candidates else {
+                tracing::debug!(%source, "discovery source exhausted");
+                return;
+            };
+            let wanted: Vec<PeerCandidate> = {
+                let state = self.lock();
+                candidates
+                    .into_iter()
+                    .filter(|c| {
+                        !c.endpoints.is_empty()
+                            && c.peer_id.is_none_or(|id| {
+                                id != self.identity.peer_id()
+                                    && !state.peers.contains_key(&id)
+                                    && !state.banned.contains(&id)
+                            })
+                    })
+                    .collect()
+            };
+            let mut attempts = futures::stream::iter(wanted)
+                .map(|candidate| {
+                    let inner = self.clone();
+                    async move {
+                        let outcome = inner
+                            .clone()
+                            .connect(candidate.endpoints.clone(), candidate.peer_id)
+                            .await;
+                        (candidate, outcome)
+                    }
+                })
+                .buffer_unordered(DISCOVERY_CONCURRENCY);
+            let mut reached = Vec::new();
+            loop {
+                let next = tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    next = attempts.next() => next,
+                };
+                let Some((candidate, outcome)) = next else {
+                    break;
+                };
+                match outcome {
+                    Ok(peer) => {
+                        // Only a connection we dialled proves the peer is directly reachable.
+                        let endpoint = self.lock().peers.get(&peer).and_then(|e| {
+                            let info = e.active.info();
+                            (info.direction == Direction::Outbound).then(|| info.remote_endpoint())
+                        });
+                        if let Some(endpoint) = endpoint {
+                            reached.push((peer, endpoint));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%source, endpoints = ?candidate.endpoints, error = %e, "candidate not reached");
+                    }
+                }
+            }
+            drop(attempts);
+            for (peer, endpoint) in reached {
+                discovery.direct_connection(peer, endpoint);
+                self.emit(Event::BootstrapConnected {
+                    peer,
+                    endpoint,
+                    source: source.clone(),
+                })
+                .await;
+            }
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, mut listener: Box<dyn crust_core::Listener>) {
