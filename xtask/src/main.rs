@@ -217,6 +217,15 @@ impl Xtask {
             .env("RUSTDOCFLAGS", "-D warnings");
         self.run(doc)?;
 
+        // The main job must keep working: run the demo (debug build, a few seconds) when
+        // the whole workspace or the facade is tested.
+        if args.packages.is_empty() || args.packages.iter().any(|p| p == DEMO.0) {
+            let (package, example) = DEMO;
+            let mut demo = self.cargo(["run", "-p", package, "--example", example]);
+            demo.arg("--quiet");
+            self.run(demo)?;
+        }
+
         println!(
             "==> all checks passed in {:.1}s",
             start.elapsed().as_secs_f64()
