@@ -160,6 +160,9 @@ struct SendQueue {
     writer_wake: Notify,
     /// Wakes senders waiting for buffer space (and on close).
     space: Notify,
+    /// Cancelled once our direction is asked to end, however that happens: the drain that
+    /// follows is bounded in time, so a peer that stops reading cannot pin the connection.
+    finishing: CancellationToken,
     limit: usize,
     max_message_size: usize,
 }
@@ -318,6 +321,7 @@ impl SendQueue {
         }
         let wake = std::mem::take(&mut state.writer_parked);
         drop(state);
+        self.finishing.cancel();
         if wake {
             self.writer_wake.notify_one();
         }
@@ -402,6 +406,7 @@ impl Connection {
                 state: Mutex::new(SendState::default()),
                 writer_wake: Notify::new(),
                 space: Notify::new(),
+                finishing: CancellationToken::new(),
                 limit: config.send_buffer_bytes.max(1),
                 max_message_size: config.max_message_size,
             },
@@ -711,6 +716,10 @@ impl MessageReceiver {
         if let Some(e) = self.pending_error.take() {
             return Err(*e);
         }
+        if self.shared.closed.is_cancelled() {
+            // Closed or aborted: nothing more is delivered, not even what is buffered.
+            self.fail();
+        }
         let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
         };
@@ -754,6 +763,9 @@ impl MessageReceiver {
     pub fn try_recv_frame(&mut self) -> Result<Option<Frame>> {
         if let Some(e) = self.pending_error.take() {
             return Err(*e);
+        }
+        if self.shared.closed.is_cancelled() {
+            self.fail();
         }
         let Some(frames) = self.frames.as_mut() else {
             return Err(Error::ConnectionClosed);
@@ -878,6 +890,14 @@ async fn run_writer(mut writer: BoxedWriter, shared: Arc<Shared>) {
     let outcome = tokio::select! {
         biased;
         _ = shared.closed.cancelled() => WriterOutcome::Aborted,
+        _ = async {
+            shared.queue.finishing.cancelled().await;
+            tokio::time::sleep(shared.close_timeout).await;
+        } => {
+            tracing::debug!(%peer, "queued data not written within the close timeout; aborting");
+            shared.closed.cancel();
+            WriterOutcome::Aborted
+        }
         result = write_loop(&mut writer, &shared.queue) => match result {
             Ok(()) => WriterOutcome::Finished,
             Err(e) => WriterOutcome::Failed(e),
@@ -953,5 +973,148 @@ async fn write_loop(writer: &mut BoxedWriter, queue: &SendQueue) -> std::io::Res
             tail.clear();
             spare = tail;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            peer_id: PeerId::from_bytes([7; 32]),
+            local_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            remote_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+            protocol: Protocol::Tcp,
+            direction: Direction::Outbound,
+        }
+    }
+
+    /// A connection over an in-memory pipe of `pipe_bytes`; the other end is raw.
+    fn connection(config: &ConnectionConfig, pipe_bytes: usize) -> (Connection, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(pipe_bytes);
+        let (reader, writer) = tokio::io::split(ours);
+        let stream = SecureStream {
+            info: info(),
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            keep_alive: None,
+        };
+        (Connection::new(stream, config), theirs)
+    }
+
+    fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        wire::put_frame_header(&mut buf, kind, payload.len()).expect("header");
+        buf.extend_from_slice(payload);
+        buf.to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_cannot_pin_a_finishing_connection() {
+        let timeout = Duration::from_secs(3);
+        let config = ConnectionConfig::default()
+            .with_handshake_timeout(timeout)
+            .with_send_buffer_bytes(8 << 20);
+        let (conn, mut peer) = connection(&config, 1024);
+        let (sender, mut receiver) = conn.split();
+        // Far more than the pipe holds; the peer never reads it.
+        for _ in 0..4 {
+            sender
+                .send(Bytes::from(vec![1u8; 1 << 20]))
+                .await
+                .expect("queued");
+        }
+        // The peer ends its direction: we must drain and end ours, but only for so long.
+        peer.shutdown().await.expect("peer finishes");
+        drop(sender);
+        let started = tokio::time::Instant::now();
+        let err = receiver.recv().await.expect_err("peer finished");
+        assert!(matches!(err, Error::ConnectionClosed));
+        // The writer gives up after the close timeout (time is paused, so this is exact).
+        let closed = receiver.shared.closed.clone();
+        tokio::time::timeout(timeout * 2, closed.cancelled())
+            .await
+            .expect("the writer must give up within its close timeout");
+        assert!(started.elapsed() >= timeout, "aborted too early");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_delivered_after_abort_not_even_buffered_frames() {
+        let (conn, mut peer) = connection(&ConnectionConfig::default(), 64 * 1024);
+        let mut burst = Vec::new();
+        for i in 0..10u8 {
+            burst.extend(frame(FrameKind::Message, &[i; 10]));
+        }
+        peer.write_all(&burst).await.expect("write");
+        let (_sender, mut receiver) = conn.split();
+        assert_eq!(&receiver.recv().await.expect("first")[..], &[0u8; 10]);
+        receiver.shared.abort();
+        let err = receiver.recv().await.expect_err("aborted");
+        assert!(matches!(err, Error::ConnectionClosed), "{err:?}");
+        assert!(matches!(
+            receiver.try_recv_frame(),
+            Err(Error::ConnectionClosed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn recv_many_reports_an_error_after_what_arrived_before_it() {
+        let config = ConnectionConfig::default().with_max_message_size(100);
+        let (conn, mut peer) = connection(&config, 64 * 1024);
+        let mut burst = frame(FrameKind::Message, b"one");
+        burst.extend(frame(FrameKind::Message, b"two"));
+        burst.extend_from_slice(&[0, 0, 1, 0, 0]); // announces 256 bytes: over the maximum
+        peer.write_all(&burst).await.expect("write");
+        let (_sender, mut receiver) = conn.split();
+        let mut got = Vec::new();
+        assert_eq!(
+            receiver
+                .recv_many(&mut got, 10)
+                .await
+                .expect("two messages"),
+            2
+        );
+        assert_eq!(
+            got,
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
+        let err = receiver
+            .recv_many(&mut got, 10)
+            .await
+            .expect_err("then the error");
+        assert!(
+            matches!(
+                err,
+                Error::MessageTooLarge {
+                    size: 256,
+                    max: 100
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_messages_are_coalesced_and_arrive_in_order() {
+        let (conn, mut peer) = connection(&ConnectionConfig::default(), 1 << 20);
+        for i in 0..100u8 {
+            conn.send(Bytes::from(vec![i; 3])).await.expect("send");
+        }
+        conn.send_many(&[Bytes::from_static(b"a"), Bytes::from(vec![9u8; 20_000])])
+            .await
+            .expect("send_many");
+        conn.close().await;
+        let mut wire_bytes = Vec::new();
+        peer.read_to_end(&mut wire_bytes).await.expect("read");
+        let mut expected = Vec::new();
+        for i in 0..100u8 {
+            expected.extend(frame(FrameKind::Message, &[i; 3]));
+        }
+        expected.extend(frame(FrameKind::Message, b"a"));
+        expected.extend(frame(FrameKind::Message, &[9u8; 20_000]));
+        assert_eq!(wire_bytes, expected);
     }
 }

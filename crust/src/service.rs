@@ -35,7 +35,12 @@ pub struct Events {
     /// operation), handed out one by one.
     rx: mpsc::Receiver<Vec<Event>>,
     pending: std::collections::VecDeque<Event>,
+    /// Completes when `shutdown()` has finished: the stream then ends after what is queued.
+    stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
+
+/// Extra connections (duplicates being drained, standbys) kept per peer beyond the active one.
+const MAX_EXTRA_CONNECTIONS: usize = 4;
 
 /// Candidates of one discovery source dialled at the same time.
 pub const DISCOVERY_CONCURRENCY: usize = 8;
@@ -53,6 +58,9 @@ impl Events {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Poll::Ready(Some(event));
+            }
+            if self.stopped.as_mut().poll(cx).is_ready() {
+                self.rx.close();
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => self.pending.extend(batch),
@@ -118,6 +126,8 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     next_connection_id: AtomicU64,
+    /// Cancelled once `shutdown()` has finished: ends the event stream.
+    stopped: CancellationToken,
 }
 
 #[derive(Default)]
@@ -270,12 +280,15 @@ impl Service {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_connection_id: AtomicU64::new(1),
+            stopped: CancellationToken::new(),
         });
+        let stopped = Box::pin(inner.stopped.clone().cancelled_owned());
         Ok((
             Service { inner },
             Events {
                 rx,
                 pending: std::collections::VecDeque::new(),
+                stopped,
             },
         ))
     }
@@ -504,6 +517,7 @@ impl Service {
     pub async fn disconnect(&self, peer: PeerId) -> bool {
         let entry = self.inner.lock().peers.remove(&peer);
         let Some(entry) = entry else { return false };
+        entry.changed.notify_waiters();
         for handle in std::iter::once(entry.active).chain(entry.others) {
             handle.sender.close().await;
         }
@@ -536,12 +550,16 @@ impl Service {
             state
                 .peers
                 .drain()
-                .flat_map(|(_, e)| std::iter::once(e.active).chain(e.others))
+                .flat_map(|(_, e)| {
+                    e.changed.notify_waiters();
+                    std::iter::once(e.active).chain(e.others)
+                })
                 .collect()
         };
         futures::future::join_all(handles.iter().map(|h| h.sender.close())).await;
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        self.inner.stopped.cancel();
     }
 }
 
@@ -1199,6 +1217,18 @@ impl<F: Future<Output = ()> + Send + 'static> Drop for DetachOnDrop<F> {
 ///
 /// Retired connections are drained in both directions, so no message is lost.
 fn admit_duplicate(entry: &mut PeerEntry, new: &Handle, us: PeerId) -> Admission {
+    let admission = resolve_duplicate(entry, new, us);
+    // A peer that keeps dialling without retiring its duplicates must not pin connections
+    // without bound: beyond the cap, the oldest extra connections are aborted.
+    while entry.others.len() > MAX_EXTRA_CONNECTIONS {
+        let oldest = entry.others.remove(0);
+        tracing::warn!(peer = %oldest.info().peer_id, "too many connections from one peer; aborting the oldest extra one");
+        oldest.sender.abort();
+    }
+    admission
+}
+
+fn resolve_duplicate(entry: &mut PeerEntry, new: &Handle, us: PeerId) -> Admission {
     let active_dialer = entry.active.dialer(us);
     let new_dialer = new.dialer(us);
     if active_dialer != new_dialer {
