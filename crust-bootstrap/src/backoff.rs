@@ -165,7 +165,8 @@ impl Backoff {
     }
 
     /// The delay after round `round` for a given random draw `unit` in `[0, 1)`:
-    /// `base_delay(round) * (1 - jitter * unit)`. Pure; [`Backoff::next_delay`] draws `unit`.
+    /// `base_delay(round) * (1 - jitter * unit)`, rounded down to whole milliseconds (the
+    /// resolution of tokio timers). Pure; [`Backoff::next_delay`] draws `unit`.
     pub fn delay_for(&self, round: u32, unit: f64) -> Duration {
         let base = self.base_delay(round);
         let jitter = self.config.jitter.clamp(0.0, 1.0);
@@ -174,11 +175,13 @@ impl Backoff {
         } else {
             0.0
         };
-        base.mul_f64(1.0 - jitter * unit).min(base)
+        let jittered = base.mul_f64(1.0 - jitter * unit).min(base);
+        Duration::from_millis(u64::try_from(jittered.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// The delay to wait after round `round`, with a fresh jitter draw. Never more than
-    /// `max_delay`, never less than `base_delay(round) * (1 - jitter)`.
+    /// `max_delay`, never less than `base_delay(round) * (1 - jitter)` (less the rounding down
+    /// to whole milliseconds).
     pub fn next_delay(&mut self, round: u32) -> Duration {
         let unit: f64 = self.rng.random();
         self.delay_for(round, unit)
@@ -250,6 +253,8 @@ mod tests {
         assert_eq!(b.delay_for(2, 0.0), ms(400));
         assert_eq!(b.delay_for(2, 1.0), ms(200));
         assert_eq!(b.delay_for(2, f64::NAN), ms(400));
+        // Round 1: base 200 ms; 200 * (1 - 0.5 * 0.333) = 166.7 ms, rounded down.
+        assert_eq!(b.delay_for(1, 0.333), ms(166));
     }
 
     #[test]
@@ -301,7 +306,8 @@ mod tests {
             let d = b.next_delay(round);
             prop_assert!(d <= base);
             prop_assert!(base <= ms(initial + extra));
-            prop_assert!(d >= base.mul_f64(1.0 - jitter) - Duration::from_nanos(1));
+            prop_assert!(d + ms(1) > base.mul_f64(1.0 - jitter));
+            prop_assert_eq!(d.subsec_nanos() % 1_000_000, 0);
         }
     }
 }

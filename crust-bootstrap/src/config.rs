@@ -147,6 +147,21 @@ impl BootstrapConfig {
 
     /// Parses config text (errors name no file: the path is empty).
     pub fn parse(text: &str) -> Result<Self> {
+        // serde also accepts a struct written as a JSON array; a config file must be an object.
+        let start = text.len() - text.trim_start().len();
+        if text[start..].starts_with('[') {
+            let line = text[..start].matches('\n').count() + 1;
+            let column = start - text[..start].rfind('\n').map_or(0, |i| i + 1) + 1;
+            let source = <serde_json::Error as serde::de::Error>::custom(format!(
+                "the config must be a JSON object, not an array (line {line}, column {column})"
+            ));
+            return Err(Error::ConfigSyntax {
+                path: PathBuf::new(),
+                line,
+                column,
+                source,
+            });
+        }
         let config: Self = serde_json::from_str(text).map_err(|source| Error::ConfigSyntax {
             path: PathBuf::new(),
             line: source.line(),
