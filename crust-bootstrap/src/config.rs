@@ -145,7 +145,7 @@ impl BootstrapConfig {
         }
     }
 
-    /// Parses config text (errors name no file: the path is empty).
+    /// Parses config text. Errors name no file (their path is empty, shown as `(in memory)`).
     pub fn parse(text: &str) -> Result<Self> {
         // serde also accepts a struct written as a JSON array; a config file must be an object.
         let start = text.len() - text.trim_start().len();
@@ -313,5 +313,12 @@ mod tests {
         let err = BootstrapConfig::parse(r#"{"contacts":[{"endpoints":[]}]}"#)
             .expect_err("must be rejected");
         assert!(err.to_string().contains("contacts[0]"), "{err}");
+        assert!(err.to_string().contains("(in memory)"), "{err}");
+        let err = BootstrapConfig::parse("{").expect_err("must be rejected");
+        assert!(
+            err.to_string()
+                .starts_with("invalid bootstrap config (in memory): "),
+            "{err}"
+        );
     }
 }

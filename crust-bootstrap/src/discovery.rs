@@ -20,8 +20,8 @@ use crate::{Backoff, BootstrapCache, BootstrapConfig, Contact, LoadOutcome};
 ///   deadline.
 /// - **Success.** [`direct_connection`](Discovery::direct_connection) (call it whenever a dial
 ///   to some peer succeeded directly, passing the endpoint that was dialled) records the peer
-///   at the front of the cache, saves the cache (a failed save is logged with
-///   `tracing::warn!`, the peer stays cached in memory) and marks the bootstrap as succeeded.
+///   at the front of the cache, saves the cache synchronously (a small atomic file write; a
+///   failed save is logged with `tracing::warn!`, the peer stays cached in memory) and marks the bootstrap as succeeded.
 ///   From then on `next_candidates` returns `None`: the source stops re-yielding the list.
 ///   Keep the source around anyway: later direct connections are still recorded and saved.
 ///   [`restart`](Self::restart) starts over from round 0 (e.g. after losing every connection).

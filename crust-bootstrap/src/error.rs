@@ -1,7 +1,7 @@
 //! The one error type of `crust-bootstrap`.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong while reading the bootstrap config or writing the cache.
 ///
@@ -32,7 +32,7 @@ pub enum Error {
     /// The config file is not valid JSON, or does not have the expected shape.
     ///
     /// `line` and `column` (both 1-based, as reported by `serde_json`) point at the problem.
-    #[error("invalid bootstrap config {}: {source}", .path.display())]
+    #[error("invalid bootstrap config {}: {source}", shown(.path))]
     ConfigSyntax {
         /// The config file.
         path: PathBuf,
@@ -45,7 +45,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The config file parsed, but a value is out of range or inconsistent.
-    #[error("invalid bootstrap config {}: {reason}", .path.as_ref().map_or_else(|| "(in memory)".into(), |p| p.display().to_string()))]
+    #[error("invalid bootstrap config {}: {reason}", shown(.path.as_deref().unwrap_or(Path::new(""))))]
     ConfigValue {
         /// The config file, when the config came from one.
         path: Option<PathBuf>,
@@ -55,6 +55,15 @@ pub enum Error {
     /// The cache could not be encoded as JSON (should not happen; reported rather than panicking).
     #[error("cannot encode the bootstrap cache: {0}")]
     Encode(#[source] serde_json::Error),
+}
+
+/// A path for a message: its display form, or `(in memory)` for text parsed without a file.
+fn shown(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        "(in memory)".to_owned()
+    } else {
+        path.display().to_string()
+    }
 }
 
 /// `Result` with this crate's [`Error`].
