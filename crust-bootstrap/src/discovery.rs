@@ -215,6 +215,12 @@ impl Discovery for BootstrapDiscovery {
         Some(candidates)
     }
 
+    /// Starts bootstrapping over (see [`BootstrapDiscovery::restart`]).
+    fn all_peers_lost(&mut self) {
+        tracing::info!("all peers lost; bootstrapping again");
+        self.restart();
+    }
+
     fn direct_connection(&mut self, peer: PeerId, endpoint: Endpoint) {
         if !self.bootstrapped {
             tracing::info!(peer = %peer, endpoint = %endpoint, rounds = self.round, "bootstrap succeeded");

@@ -93,14 +93,25 @@ pub trait Discovery: Send + fmt::Debug {
     /// A short name for logs and events, such as `"beacon"` or `"bootstrap-cache"`.
     fn name(&self) -> &str;
 
-    /// Waits for the next candidates. `None` means this source will yield no more.
+    /// Waits for the next candidates. `None` means this source has nothing to offer for
+    /// now; the owner keeps the source (to report connections to it) and asks again after
+    /// [`Discovery::all_peers_lost`].
+    ///
+    /// Must be cancel safe: the owner may drop the future while it waits (to report a
+    /// connection in between) and call again.
     async fn next_candidates(&mut self) -> Option<Vec<PeerCandidate>>;
 
-    /// Tells the source we reached `peer` directly at `endpoint` (a bootstrap cache remembers
-    /// such peers for the next session). The default does nothing.
+    /// Tells the source we reached `peer` directly at `endpoint` (we dialled it and it
+    /// answered; a bootstrap cache remembers such peers for the next session). Called for
+    /// every direct connection, also ones the source did not propose. The default does
+    /// nothing.
     fn direct_connection(&mut self, peer: PeerId, endpoint: Endpoint) {
         let _ = (peer, endpoint);
     }
+
+    /// Tells the source that we are connected to no peer any more (a bootstrap starts over).
+    /// The default does nothing.
+    fn all_peers_lost(&mut self) {}
 }
 
 /// The socket a successful hole punch leaves open, ready to hand to a transport.

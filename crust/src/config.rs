@@ -102,6 +102,11 @@ pub struct ServiceConfig {
     pub event_queue_len: usize,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
+    /// Bootstrap from hard-coded contacts and the cache of peers reached directly in
+    /// earlier sessions (see `crust-bootstrap`): started by `start_listening()`, it keeps
+    /// trying with backoff until a peer answers, and starts over when every peer is lost.
+    /// Default `None` (no bootstrap).
+    pub bootstrap: Option<crust_bootstrap::BootstrapConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -121,6 +126,7 @@ impl Default for ServiceConfig {
             flood_action: FloodAction::Ban,
             event_queue_len: 4096,
             max_peers: 10_000,
+            bootstrap: None,
         }
     }
 }
@@ -201,6 +207,19 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
     pub fn with_event_queue_len(mut self, len: usize) -> Self {
         self.event_queue_len = len.max(1);
+        self
+    }
+
+    /// Sets [`ServiceConfig::bootstrap`]; its listening ports, when set, override
+    /// [`ServiceConfig::tcp_port`] and [`ServiceConfig::rudp_port`].
+    pub fn with_bootstrap(mut self, bootstrap: crust_bootstrap::BootstrapConfig) -> Self {
+        if let Some(port) = bootstrap.tcp_port {
+            self.tcp_port = port;
+        }
+        if let Some(port) = bootstrap.rudp_port {
+            self.rudp_port = port;
+        }
+        self.bootstrap = Some(bootstrap);
         self
     }
 

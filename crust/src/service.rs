@@ -128,7 +128,21 @@ struct Inner {
     next_connection_id: AtomicU64,
     /// Cancelled once `shutdown()` has finished: ends the event stream.
     stopped: CancellationToken,
+    /// One channel per discovery source, for what its loop must report to it.
+    discovery_reports: Mutex<Vec<mpsc::Sender<DiscoveryReport>>>,
 }
+
+/// What a discovery source hears about, besides its own candidates.
+#[derive(Clone, Copy, Debug)]
+enum DiscoveryReport {
+    /// We dialled `peer` at `endpoint` and it answered.
+    DirectConnection(PeerId, Endpoint),
+    /// No peer is connected any more.
+    AllPeersLost,
+}
+
+/// Reports queued for one discovery source; beyond this, reports are dropped (they are hints).
+const DISCOVERY_REPORT_QUEUE: usize = 256;
 
 #[derive(Default)]
 struct State {
@@ -281,6 +295,7 @@ impl Service {
             tasks: TaskTracker::new(),
             next_connection_id: AtomicU64::new(1),
             stopped: CancellationToken::new(),
+            discovery_reports: Mutex::new(Vec::new()),
         });
         let stopped = Box::pin(inner.stopped.clone().cancelled_owned());
         Ok((
@@ -351,6 +366,13 @@ impl Service {
             tracing::info!(%endpoint, peer = %inner.identity.peer_id(), "listening");
             inner.emit(Event::ListenerStarted { endpoint }).await;
         }
+        if let Some(bootstrap) = &inner.config.bootstrap {
+            let discovery = crust_bootstrap::BootstrapDiscovery::from_config(bootstrap);
+            if let Some(outcome) = discovery.cache_load_outcome() {
+                tracing::info!(?outcome, "bootstrap cache loaded");
+            }
+            self.add_discovery(Box::new(discovery));
+        }
         Ok(bound)
     }
 
@@ -416,10 +438,16 @@ impl Service {
     /// exhausted or the service stops. Any number of sources can be added.
     pub fn add_discovery(&self, discovery: Box<dyn Discovery>) {
         let inner = self.inner.clone();
+        let (reports_tx, reports) = mpsc::channel(DISCOVERY_REPORT_QUEUE);
+        self.inner
+            .discovery_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reports_tx);
         let span = tracing::info_span!("discovery", source = discovery.name());
         self.inner
             .tasks
-            .spawn(inner.discovery_loop(discovery).instrument(span));
+            .spawn(inner.discovery_loop(discovery, reports).instrument(span));
     }
 
     /// Queues a message for a connected peer.
@@ -527,6 +555,10 @@ impl Service {
                 reason: "disconnected by us".into(),
             })
             .await;
+        if self.inner.lock().peers.is_empty() {
+            self.inner
+                .report_to_discovery(DiscoveryReport::AllPeersLost);
+        }
         true
     }
 
@@ -616,16 +648,53 @@ impl Inner {
             .cloned()
     }
 
-    async fn discovery_loop(self: Arc<Self>, mut discovery: Box<dyn Discovery>) {
+    /// Tells every discovery source about a direct connection or the loss of all peers.
+    fn report_to_discovery(&self, report: DiscoveryReport) {
+        let channels = self
+            .discovery_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for channel in channels.iter() {
+            if channel.try_send(report).is_err() {
+                tracing::debug!(
+                    ?report,
+                    "discovery source is not keeping up; report dropped"
+                );
+            }
+        }
+    }
+
+    /// Drives one discovery source: takes its candidates (while it has any), connects to
+    /// them, and passes it every report, for as long as the service runs.
+    async fn discovery_loop(
+        self: Arc<Self>,
+        mut discovery: Box<dyn Discovery>,
+        mut reports: mpsc::Receiver<DiscoveryReport>,
+    ) {
         let source = discovery.name().to_owned();
+        let mut exhausted = false;
         loop {
             let candidates = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                candidates = discovery.next_candidates() => candidates,
+                report = reports.recv() => {
+                    match report {
+                        Some(DiscoveryReport::DirectConnection(peer, endpoint)) => {
+                            discovery.direct_connection(peer, endpoint);
+                        }
+                        Some(DiscoveryReport::AllPeersLost) => {
+                            discovery.all_peers_lost();
+                            exhausted = false;
+                        }
+                        None => return,
+                    }
+                    continue;
+                }
+                candidates = discovery.next_candidates(), if !exhausted => candidates,
             };
             let Some(candidates) = candidates else {
-                tracing::debug!(%source, "discovery source exhausted");
-                return;
+                tracing::debug!(%source, "discovery source has nothing more for now");
+                exhausted = true;
+                continue;
             };
             let wanted: Vec<PeerCandidate> = {
                 let state = self.lock();
@@ -653,7 +722,6 @@ impl Inner {
                     }
                 })
                 .buffer_unordered(DISCOVERY_CONCURRENCY);
-            let mut reached = Vec::new();
             loop {
                 let next = tokio::select! {
                     _ = self.shutdown.cancelled() => return,
@@ -664,29 +732,24 @@ impl Inner {
                 };
                 match outcome {
                     Ok(peer) => {
-                        // Only a connection we dialled proves the peer is directly reachable.
-                        let endpoint = self.lock().peers.get(&peer).and_then(|e| {
-                            let info = e.active.info();
-                            (info.direction == Direction::Outbound).then(|| info.remote_endpoint())
-                        });
+                        let endpoint = self
+                            .lock()
+                            .peers
+                            .get(&peer)
+                            .map(|e| e.active.info().remote_endpoint());
                         if let Some(endpoint) = endpoint {
-                            reached.push((peer, endpoint));
+                            self.emit(Event::BootstrapConnected {
+                                peer,
+                                endpoint,
+                                source: source.clone(),
+                            })
+                            .await;
                         }
                     }
                     Err(e) => {
                         tracing::debug!(%source, endpoints = ?candidate.endpoints, error = %e, "candidate not reached");
                     }
                 }
-            }
-            drop(attempts);
-            for (peer, endpoint) in reached {
-                discovery.direct_connection(peer, endpoint);
-                self.emit(Event::BootstrapConnected {
-                    peer,
-                    endpoint,
-                    source: source.clone(),
-                })
-                .await;
             }
         }
     }
@@ -943,6 +1006,13 @@ impl Inner {
                 .instrument(span),
         );
         let info = handle.info().clone();
+        if info.direction == Direction::Outbound {
+            // Only a connection we dialled proves the peer is directly reachable.
+            self.report_to_discovery(DiscoveryReport::DirectConnection(
+                peer,
+                info.remote_endpoint(),
+            ));
+        }
         match admission {
             Admission::NewPeer => {
                 tracing::info!(%peer, endpoint = %info.remote_endpoint(), direction = ?info.direction, "new peer");
@@ -1137,6 +1207,9 @@ impl Inner {
                 if !self.shutdown.is_cancelled() {
                     tracing::info!(%peer, %reason, "lost peer");
                     self.emit(Event::LostPeer { peer, reason }).await;
+                    if self.lock().peers.is_empty() {
+                        self.report_to_discovery(DiscoveryReport::AllPeersLost);
+                    }
                 }
             }
         }
@@ -1167,12 +1240,16 @@ impl Inner {
             tracing::info!(%peer, "banned");
             self.emit(Event::PeerBanned { peer }).await;
         }
+        let lost_any = !to_close.is_empty();
         for (peer, _) in to_close {
             self.emit(Event::LostPeer {
                 peer,
                 reason: "banned".into(),
             })
             .await;
+        }
+        if lost_any && self.lock().peers.is_empty() {
+            self.report_to_discovery(DiscoveryReport::AllPeersLost);
         }
     }
 }

@@ -8,12 +8,15 @@ use std::sync::{Arc, Mutex};
 use common::{init_tracing, node, wait_for};
 use crust::{Discovery, Endpoint, Event, PeerCandidate, PeerId, Protocol, ServiceConfig};
 
+/// Direct connections the source heard about, and a signal for each.
+type Reached = Arc<(Mutex<Vec<(PeerId, Endpoint)>>, tokio::sync::Notify)>;
+
 /// A discovery source that yields fixed batches, then ends, and records what the service
 /// reports back.
 #[derive(Debug)]
 struct Batches {
     batches: VecDeque<Vec<PeerCandidate>>,
-    reached: Arc<Mutex<Vec<(PeerId, Endpoint)>>>,
+    reached: Reached,
 }
 
 #[async_trait::async_trait]
@@ -27,7 +30,8 @@ impl Discovery for Batches {
     }
 
     fn direct_connection(&mut self, peer: PeerId, endpoint: Endpoint) {
-        self.reached.lock().expect("lock").push((peer, endpoint));
+        self.reached.0.lock().expect("lock").push((peer, endpoint));
+        self.reached.1.notify_one();
     }
 }
 
@@ -41,7 +45,7 @@ async fn candidates_are_connected_reported_and_fed_back() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         Endpoint::tcp(l.local_addr().expect("addr"))
     };
-    let reached = Arc::new(Mutex::new(Vec::new()));
+    let reached: Reached = Arc::new((Mutex::new(Vec::new()), tokio::sync::Notify::new()));
     a.add_discovery(Box::new(Batches {
         batches: VecDeque::from([vec![
             PeerCandidate::new(Some(b.peer_id()), b.our_endpoints()),
@@ -85,7 +89,19 @@ async fn candidates_are_connected_reported_and_fed_back() {
     ];
     expected.sort();
     assert_eq!(connected, expected);
-    let mut fed_back = reached.lock().expect("lock").clone();
+    // Reports reach the source asynchronously: wait until both arrived.
+    let mut fed_back = tokio::time::timeout(common::SAFETY_NET, async {
+        loop {
+            let notified = reached.1.notified();
+            let seen = reached.0.lock().expect("lock").clone();
+            if seen.len() >= 2 {
+                return seen;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("direct connections reported to the source");
     fed_back.sort();
     assert_eq!(
         fed_back, expected,
