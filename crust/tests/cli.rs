@@ -17,12 +17,19 @@ struct Peer {
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<Value>,
     seen: Vec<Value>,
+    /// Holds the bootstrap config and cache, so the test writes nothing outside it.
+    dir: tempfile::TempDir,
 }
 
 impl Peer {
     fn spawn(name: &'static str) -> Peer {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut child = Command::new(env!("CARGO_BIN_EXE_crust-peer"))
             .args(["--json", "--loopback"])
+            .arg("--config")
+            .arg(dir.path().join("bootstrap.json"))
+            .arg("--cache")
+            .arg(dir.path().join("cache.json"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -42,6 +49,7 @@ impl Peer {
             }
         });
         Peer {
+            dir,
             name,
             child,
             stdin,
@@ -169,4 +177,10 @@ fn two_peers_connect_and_exchange_a_message() {
     });
     let status_a = a.quit();
     assert!(status_a.success(), "a exited with {status_a}");
+
+    // b dialled a directly, so b's bootstrap cache (from --cache) remembers a; a, which only
+    // accepted, cached nobody.
+    let cache = std::fs::read_to_string(b.dir.path().join("cache.json")).expect("b's cache");
+    assert!(cache.contains(&a_id), "a missing from b's cache: {cache}");
+    assert!(!a.dir.path().join("cache.json").exists());
 }

@@ -36,6 +36,12 @@
 //! `peers`, `endpoints`, `help`, `stopped`. Logs (`RUST_LOG`, default `warn`) go to stderr
 //! only, so stdout stays a clean event stream.
 //!
+//! Bootstrap: unless `--no-bootstrap` is given, the node reads a bootstrap config (`--config`,
+//! default the platform's `crust/bootstrap.json` if it exists: contacts, ports, cache
+//! switches), tries its contacts and the peers cached from earlier runs until one answers,
+//! and remembers every peer it dials successfully in its cache (`--cache`, default the
+//! platform's `crust/bootstrap-cache.json`).
+//!
 //! ```text
 //! # two peers on one machine
 //! crust-peer --loopback                       # prints: endpoint tcp://127.0.0.1:40000 …
@@ -85,6 +91,17 @@ struct Args {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// Bootstrap config file (JSON: contacts, ports, cache switches; see crust-bootstrap).
+    /// Default: the platform config directory's crust/bootstrap.json, if it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Bootstrap cache file of peers reached directly (default: the config's, or the
+    /// platform cache directory's crust/bootstrap-cache.json).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Do not bootstrap (no contacts from the config, no cache read or written).
+    #[arg(long)]
+    no_bootstrap: bool,
 }
 
 /// Prints events and command results in the chosen format.
@@ -178,6 +195,14 @@ impl Printer {
                 .emit(json!({"event": "peer_banned", "peer": peer}), || {
                     format!("peer-banned {}", peer.short())
                 }),
+            Event::BootstrapConnected {
+                peer,
+                endpoint,
+                source,
+            } => self.emit(
+                json!({"event": "bootstrap_connected", "peer": peer, "endpoint": endpoint, "source": source}),
+                || format!("bootstrap-connected {} {endpoint} {source}", peer.short()),
+            ),
             other => self.emit(
                 json!({"event": "other", "debug": format!("{other:?}")}),
                 || format!("event {other:?}"),
@@ -429,6 +454,29 @@ fn config_from(args: &Args) -> anyhow::Result<ServiceConfig> {
         let identity = Identity::load_or_generate(path)
             .with_context(|| format!("identity file {}", path.display()))?;
         config = config.with_identity(identity);
+    }
+    if !args.no_bootstrap {
+        let config_path = args
+            .config
+            .clone()
+            .or_else(crust::bootstrap::default_config_path);
+        let mut bootstrap = match &config_path {
+            Some(path) => crust::BootstrapConfig::load(path)
+                .with_context(|| format!("bootstrap config {}", path.display()))?,
+            None => crust::BootstrapConfig::default(),
+        };
+        if let Some(cache) = &args.cache {
+            bootstrap = bootstrap.with_cache_path(cache);
+        }
+        // Explicit port flags win over the config file's.
+        let (tcp_port, rudp_port) = (config.tcp_port, config.rudp_port);
+        config = config.with_bootstrap(bootstrap);
+        if args.tcp_port != 0 {
+            config.tcp_port = tcp_port;
+        }
+        if args.rudp_port != 0 {
+            config.rudp_port = rudp_port;
+        }
     }
     Ok(config)
 }
