@@ -675,7 +675,11 @@ impl Inner {
         let mut exhausted = false;
         loop {
             let candidates = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => {
+                    // Connections made just before the end still reach the source.
+                    apply_discovery_reports(&mut *discovery, &mut reports);
+                    return;
+                }
                 report = reports.recv() => {
                     match report {
                         Some(DiscoveryReport::DirectConnection(peer, endpoint)) => {
@@ -724,7 +728,11 @@ impl Inner {
                 .buffer_unordered(DISCOVERY_CONCURRENCY);
             loop {
                 let next = tokio::select! {
-                    _ = self.shutdown.cancelled() => return,
+                    _ = self.shutdown.cancelled() => {
+                        drop(attempts);
+                        apply_discovery_reports(&mut *discovery, &mut reports);
+                        return;
+                    }
                     next = attempts.next() => next,
                 };
                 let Some((candidate, outcome)) = next else {
@@ -732,6 +740,8 @@ impl Inner {
                 };
                 match outcome {
                     Ok(peer) => {
+                        // The source hears of the connection before the application does.
+                        apply_discovery_reports(&mut *discovery, &mut reports);
                         let endpoint = self
                             .lock()
                             .peers
@@ -1250,6 +1260,21 @@ impl Inner {
         }
         if lost_any && self.lock().peers.is_empty() {
             self.report_to_discovery(DiscoveryReport::AllPeersLost);
+        }
+    }
+}
+
+/// Passes a discovery source every report already queued for it, without waiting.
+fn apply_discovery_reports(
+    discovery: &mut dyn Discovery,
+    reports: &mut mpsc::Receiver<DiscoveryReport>,
+) {
+    while let Ok(report) = reports.try_recv() {
+        match report {
+            DiscoveryReport::DirectConnection(peer, endpoint) => {
+                discovery.direct_connection(peer, endpoint)
+            }
+            DiscoveryReport::AllPeersLost => discovery.all_peers_lost(),
         }
     }
 }
