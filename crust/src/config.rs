@@ -12,9 +12,9 @@ use crust_core::{ConnectionConfig, Identity};
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct RateLimit {
-    /// Sustained messages per second. Default 10 000.
+    /// Sustained messages per second. Default 100 000.
     pub messages_per_sec: f64,
-    /// Message burst. Default 20 000.
+    /// Message burst. Default 1 000 000.
     pub burst_messages: f64,
     /// Sustained bytes per second. Default 256 MiB/s.
     pub bytes_per_sec: f64,
@@ -25,8 +25,8 @@ pub struct RateLimit {
 impl Default for RateLimit {
     fn default() -> Self {
         RateLimit {
-            messages_per_sec: 10_000.0,
-            burst_messages: 20_000.0,
+            messages_per_sec: 100_000.0,
+            burst_messages: 1_000_000.0,
             bytes_per_sec: 256.0 * 1024.0 * 1024.0,
             burst_bytes: 512.0 * 1024.0 * 1024.0,
         }
