@@ -63,6 +63,9 @@ pub struct TcpConfig {
     /// Incoming handshakes allowed in flight at once; connections beyond are dropped at once.
     /// Default 256.
     pub max_pending_handshakes: usize,
+    /// Incoming handshakes allowed in flight at once from one IP address, so one host that
+    /// opens connections and stalls cannot take every handshake slot. Default 16.
+    pub max_pending_handshakes_per_ip: usize,
     /// Authenticated connections waiting for [`Listener::accept`]. Default 128.
     pub accept_queue_len: usize,
     /// TCP keep-alive idle time, so vanished peers are noticed on idle connections.
@@ -79,6 +82,7 @@ impl Default for TcpConfig {
             crypto_provider: tls::default_crypto_provider(),
             dial_from_listen_port: false,
             max_pending_handshakes: 256,
+            max_pending_handshakes_per_ip: 16,
             accept_queue_len: 128,
             tcp_keepalive: Some(Duration::from_secs(30)),
             listen_backlog: 1024,
@@ -108,6 +112,12 @@ impl TcpConfig {
     /// Sets [`TcpConfig::max_pending_handshakes`] (at least 1).
     pub fn with_max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending_handshakes = n.max(1);
+        self
+    }
+
+    /// Sets [`TcpConfig::max_pending_handshakes_per_ip`] (at least 1).
+    pub fn with_max_pending_handshakes_per_ip(mut self, n: usize) -> Self {
+        self.max_pending_handshakes_per_ip = n.max(1);
         self
     }
 
@@ -338,6 +348,7 @@ async fn accept_loop(
     ready: mpsc::Sender<SecureStream>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
+    let per_ip = PendingPerIp::new(config.max_pending_handshakes_per_ip.max(1));
     let local = listener.local_addr().ok();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -352,6 +363,10 @@ async fn accept_loop(
             },
             _ = ready.closed() => return,
         };
+        let Some(per_ip) = per_ip.admit(remote.ip()) else {
+            tracing::debug!(%remote, "too many pending handshakes from this address; dropping connection");
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%remote, "too many pending handshakes; dropping connection");
             continue;
@@ -363,7 +378,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let handshake = accept_handshake(tcp, remote, acceptor, keepalive);
             let outcome = tokio::time::timeout(timeout, handshake).await;
-            drop(permit);
+            drop((permit, per_ip));
             match outcome {
                 Ok(Ok(stream)) => {
                     tracing::debug!(peer = %stream.info.peer_id, %remote, ?local, "tcp connection accepted");
@@ -373,6 +388,56 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%remote, ?timeout, "incoming tcp handshake timed out"),
             }
         });
+    }
+}
+
+/// Counts handshakes in flight per remote IP address. The table holds only addresses with
+/// a handshake in flight, so it is bounded by `max_pending_handshakes`.
+#[derive(Clone)]
+struct PendingPerIp {
+    counts: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    limit: usize,
+}
+
+impl PendingPerIp {
+    fn new(limit: usize) -> Self {
+        PendingPerIp {
+            counts: Arc::new(Mutex::new(std::collections::HashMap::new())),
+            limit,
+        }
+    }
+
+    /// A slot for one more handshake from `ip`, released on drop; `None` if `ip` has its
+    /// limit in flight already.
+    fn admit(&self, ip: std::net::IpAddr) -> Option<PendingSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One handshake in flight from `ip`.
+struct PendingSlot {
+    table: PendingPerIp,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

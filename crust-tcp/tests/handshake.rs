@@ -219,3 +219,35 @@ async fn dropping_the_listener_refuses_new_connections_at_once() {
         "still accepting after drop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_stalling_many_handshakes_cannot_lock_out_others() {
+    let server = transport(TcpConfig::default().with_connection_config(
+        ConnectionConfig::default().with_handshake_timeout(Duration::from_secs(30)),
+    ));
+    let mut listener = server.listen(loopback()).await.expect("listen");
+    let addr = listener.local_endpoint().addr();
+    // 300 connections from 127.0.0.2 that never say a word: more than all handshake slots.
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind 127.0.0.2");
+        stalled.push(socket.connect(addr).await.expect("connect"));
+    }
+    // An honest peer from 127.0.0.1 still gets a handshake slot.
+    let client = transport(TcpConfig::default());
+    let (dialed, accepted) = tokio::time::timeout(SAFETY_NET, async {
+        tokio::join!(
+            client.dial(addr, Some(server.local_peer_id())),
+            listener.accept()
+        )
+    })
+    .await
+    .expect("safety net");
+    let (dialed, mut accepted) = (dialed.expect("honest dial"), accepted.expect("accept"));
+    dialed.send("made it".into()).await.expect("send");
+    assert_eq!(accepted.recv().await.expect("recv"), "made it");
+    drop(stalled);
+}
