@@ -29,6 +29,7 @@ mod connection;
 mod endpoint;
 mod error;
 mod identity;
+pub mod limits;
 pub mod tls;
 mod traits;
 pub mod wire;

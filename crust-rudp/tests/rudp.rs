@@ -555,3 +555,62 @@ async fn bad_acceptor_preamble_fails_the_first_read() {
     })
     .await
 }
+
+/// One host that completes many QUIC handshakes and then stalls cannot take every handshake
+/// slot: beyond its per-address share it is refused, and a peer from another address gets
+/// through at once instead of waiting for the stallers' (long) handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_stalling_handshakes_cannot_lock_out_others() {
+    use crust_rudp::quinn;
+    use std::sync::Arc;
+
+    init_tracing();
+    within(async {
+        let server = transport(
+            RudpConfig::default()
+                .with_max_concurrent_handshakes(20)
+                .with_max_handshakes_per_ip(8)
+                .with_connection_config(
+                    ConnectionConfig::default().with_handshake_timeout(Duration::from_secs(600)),
+                ),
+        );
+        let mut listener = server.listen(loopback()).await.expect("listen");
+        let addr = listener.local_endpoint().addr();
+
+        // 40 raw QUIC clients on 127.0.0.2 with valid certificates that never open the stream.
+        let staller = Identity::generate().expect("identity");
+        let (tls, _) = crust_core::tls::client_config(
+            &staller,
+            crust_core::tls::default_crypto_provider(),
+            None,
+            &[crust_core::wire::ALPN],
+        )
+        .expect("tls");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).expect("quic");
+        let client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.2:0".parse().expect("addr")).expect("endpoint");
+        let attempts = (0..40).map(|_| {
+            let connecting = endpoint
+                .connect_with(client_config.clone(), addr, "crust")
+                .expect("connect");
+            async move { connecting.await.ok() }
+        });
+        let stalled: Vec<_> = futures::future::join_all(attempts).await;
+        assert!(
+            stalled.iter().flatten().count() >= 8,
+            "stallers hold their share"
+        );
+
+        // An honest peer from 127.0.0.1 is served without waiting for any staller.
+        let client = transport(RudpConfig::default());
+        let (dialled, accepted) = tokio::join!(
+            client.dial(addr, Some(server.local_peer_id())),
+            listener.accept()
+        );
+        dialled.expect("honest dial");
+        assert_eq!(accepted.expect("accept").peer_id(), client.local_peer_id());
+        drop(stalled);
+    })
+    .await
+}

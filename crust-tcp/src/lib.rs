@@ -348,7 +348,7 @@ async fn accept_loop(
     ready: mpsc::Sender<SecureStream>,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
-    let per_ip = PendingPerIp::new(config.max_pending_handshakes_per_ip.max(1));
+    let per_ip = crust_core::limits::PerIpLimiter::new(config.max_pending_handshakes_per_ip);
     let local = listener.local_addr().ok();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -388,56 +388,6 @@ async fn accept_loop(
                 Err(_) => tracing::debug!(%remote, ?timeout, "incoming tcp handshake timed out"),
             }
         });
-    }
-}
-
-/// Counts handshakes in flight per remote IP address. The table holds only addresses with
-/// a handshake in flight, so it is bounded by `max_pending_handshakes`.
-#[derive(Clone)]
-struct PendingPerIp {
-    counts: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    limit: usize,
-}
-
-impl PendingPerIp {
-    fn new(limit: usize) -> Self {
-        PendingPerIp {
-            counts: Arc::new(Mutex::new(std::collections::HashMap::new())),
-            limit,
-        }
-    }
-
-    /// A slot for one more handshake from `ip`, released on drop; `None` if `ip` has its
-    /// limit in flight already.
-    fn admit(&self, ip: std::net::IpAddr) -> Option<PendingSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(PendingSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// One handshake in flight from `ip`.
-struct PendingSlot {
-    table: PendingPerIp,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        let mut counts = self.table.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
     }
 }
 
