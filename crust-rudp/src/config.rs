@@ -20,8 +20,6 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default number of incoming handshakes a listener runs at the same time: 64.
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 64;
-/// Default for [`RudpConfig::max_handshakes_per_ip`].
-pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 16;
 
 /// Configuration of a [`RudpTransport`](crate::RudpTransport).
 ///
@@ -61,10 +59,6 @@ pub struct RudpConfig {
     /// in QUIC's queue until a slot frees up. Default [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`]
     /// (64).
     pub max_concurrent_handshakes: usize,
-    /// Incoming handshakes in flight at once from one IP address; further attempts from it
-    /// are refused at once, so one host that stalls handshakes cannot take every slot.
-    /// Default [`DEFAULT_MAX_HANDSHAKES_PER_IP`] (16).
-    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for RudpConfig {
@@ -75,7 +69,6 @@ impl Default for RudpConfig {
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
         }
     }
 }
@@ -88,7 +81,6 @@ impl fmt::Debug for RudpConfig {
             .field("keep_alive_interval", &self.keep_alive_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_concurrent_handshakes", &self.max_concurrent_handshakes)
-            .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
             .finish_non_exhaustive()
     }
 }
@@ -115,12 +107,6 @@ impl RudpConfig {
     /// Sets [`RudpConfig::idle_timeout`].
     pub fn with_idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
-        self
-    }
-
-    /// Sets [`RudpConfig::max_handshakes_per_ip`] (at least 1).
-    pub fn with_max_handshakes_per_ip(mut self, handshakes: usize) -> Self {
-        self.max_handshakes_per_ip = handshakes.max(1);
         self
     }
 

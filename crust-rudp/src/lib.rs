@@ -120,7 +120,7 @@ mod transport;
 
 pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_IP, RudpConfig,
+    RudpConfig,
 };
 pub use transport::RudpTransport;
 

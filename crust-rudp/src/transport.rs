@@ -494,7 +494,6 @@ impl Transport for RudpTransport {
             local,
             tx,
             Arc::new(Semaphore::new(capacity)),
-            crust_core::limits::PerIpLimiter::new(self.inner.config.max_handshakes_per_ip),
             self.inner.config.connection.handshake_timeout,
         ));
         tracing::debug!(%local, peer_id = %self.inner.identity.peer_id(), "listening");
@@ -571,7 +570,6 @@ async fn accept_loop(
     local: SocketAddr,
     tx: mpsc::Sender<SecureStream>,
     handshakes: Arc<Semaphore>,
-    per_ip: crust_core::limits::PerIpLimiter,
     timeout: Duration,
 ) {
     let mut tasks = JoinSet::new();
@@ -594,11 +592,6 @@ async fn accept_loop(
         let Some(incoming) = incoming else {
             break;
         };
-        let Some(per_ip_slot) = per_ip.admit(incoming.remote_address().ip()) else {
-            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes from this address; refusing");
-            incoming.refuse();
-            continue;
-        };
         let tx = tx.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
@@ -616,7 +609,7 @@ async fn accept_loop(
                     tracing::info!(%remote, ?timeout, "incoming handshake timed out");
                 }
             }
-            drop((permit, per_ip_slot));
+            drop(permit);
         });
     }
     tracing::debug!(%local, "accept loop finished");

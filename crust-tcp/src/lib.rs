@@ -64,7 +64,8 @@ pub struct TcpConfig {
     /// Default 256.
     pub max_pending_handshakes: usize,
     /// Incoming handshakes allowed in flight at once from one IP address, so one host that
-    /// opens connections and stalls cannot take every handshake slot. Default 16.
+    /// opens connections and stalls cannot take every handshake slot. Default 128 (half of
+    /// `max_pending_handshakes`).
     pub max_pending_handshakes_per_ip: usize,
     /// Authenticated connections waiting for [`Listener::accept`]. Default 128.
     pub accept_queue_len: usize,
@@ -82,7 +83,7 @@ impl Default for TcpConfig {
             crypto_provider: tls::default_crypto_provider(),
             dial_from_listen_port: false,
             max_pending_handshakes: 256,
-            max_pending_handshakes_per_ip: 16,
+            max_pending_handshakes_per_ip: 128,
             accept_queue_len: 128,
             tcp_keepalive: Some(Duration::from_secs(30)),
             listen_backlog: 1024,
