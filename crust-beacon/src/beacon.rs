@@ -49,7 +49,7 @@ impl Shared {
 impl Beacon {
     /// Binds the beacon socket to [`bind_ip`](BeaconConfig::bind_ip) and
     /// [`port`](BeaconConfig::port) and starts announcing `endpoints` as `our_id` on the
-    /// current tokio runtime.
+    /// current tokio runtime (call it from within one).
     ///
     /// Fails with [`Error::Bind`] when the socket cannot be created, configured or bound.
     pub async fn bind(
@@ -104,14 +104,22 @@ impl Beacon {
     /// Replaces the endpoints we announce (e.g. once the service listens); an early
     /// announcement follows, rate-limited by [`min_announce_gap`](BeaconConfig::min_announce_gap).
     pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
-        let now = Instant::now().into_std();
-        self.shared.lock().set_endpoints(now, endpoints);
-        self.shared.wake.notify_one();
+        set_endpoints(&self.shared, endpoints);
     }
 
     /// The peers heard recently.
     pub fn peers(&self) -> Vec<PeerRecord> {
         self.shared.lock().peers().cloned().collect()
+    }
+
+    /// A cheap, cloneable handle to update our endpoints and read the peer table after the
+    /// beacon was handed away (e.g. boxed as a `Discovery` into a service). The handle does
+    /// not keep the beacon running: dropping the `Beacon` stops it.
+    pub fn handle(&self) -> BeaconHandle {
+        BeaconHandle {
+            shared: self.shared.clone(),
+            local_addr: self.local_addr,
+        }
     }
 
     /// Waits for new or changed peers. Returns `None` once the driver has stopped (the
@@ -152,6 +160,50 @@ impl fmt::Debug for Beacon {
 impl Drop for Beacon {
     fn drop(&mut self) {
         self.task.abort();
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+fn set_endpoints(shared: &Shared, endpoints: Vec<Endpoint>) {
+    let now = Instant::now().into_std();
+    shared.lock().set_endpoints(now, endpoints);
+    shared.wake.notify_one();
+}
+
+/// A handle on a running [`Beacon`] (see [`Beacon::handle`]).
+#[derive(Clone)]
+pub struct BeaconHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+}
+
+impl BeaconHandle {
+    /// See [`Beacon::set_endpoints`].
+    pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
+        set_endpoints(&self.shared, endpoints);
+    }
+
+    /// See [`Beacon::peers`].
+    pub fn peers(&self) -> Vec<PeerRecord> {
+        self.shared.lock().peers().cloned().collect()
+    }
+
+    /// See [`Beacon::beacon_acceptor_port`].
+    pub fn beacon_acceptor_port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Whether the beacon has stopped (its socket failed, or the `Beacon` was dropped).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for BeaconHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BeaconHandle")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
     }
 }
 

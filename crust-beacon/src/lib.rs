@@ -60,7 +60,7 @@ mod error;
 pub mod packet;
 mod state;
 
-pub use beacon::{Beacon, BeaconDiscovery};
+pub use beacon::{Beacon, BeaconDiscovery, BeaconHandle};
 pub use config::{BeaconConfig, DEFAULT_PORT};
 pub use error::{Error, Result};
 pub use packet::{BeaconPacket, MAGIC, MAX_ENDPOINTS, MAX_PACKET_LEN, VERSION};

@@ -76,6 +76,7 @@ async fn own_beacons_are_not_offered_and_updates_are() {
     let b = BeaconDiscovery::bind(config(port), id(2), vec![])
         .await
         .expect("bind b");
+    let a_handle = a.handle();
     let mut a = BeaconDiscovery::new(a);
     let mut b: Box<dyn Discovery> = Box::new(b);
 
@@ -84,7 +85,7 @@ async fn own_beacons_are_not_offered_and_updates_are() {
     assert_eq!(heard.endpoints, vec![tcp(5001)]);
 
     // A changes its endpoints: B is offered A again, with the new ones.
-    a.beacon().set_endpoints(vec![tcp(5002)]);
+    a_handle.set_endpoints(vec![tcp(5002)]);
     let updated = tokio::time::timeout(DEADLINE, async {
         loop {
             let c = wait_for(&mut *b, id(1)).await;
@@ -100,6 +101,10 @@ async fn own_beacons_are_not_offered_and_updates_are() {
     assert!(a.beacon().peers().iter().all(|p| p.peer_id != id(1)));
     let nothing = tokio::time::timeout(Duration::from_millis(300), a.next_candidates()).await;
     assert!(nothing.is_err(), "A offered {nothing:?}");
+    assert!(a_handle.peers().iter().any(|p| p.peer_id == id(2)));
+    assert!(!a_handle.is_closed());
+    drop(a);
+    assert!(a_handle.is_closed(), "dropping the beacon stops it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
