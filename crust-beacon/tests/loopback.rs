@@ -1,6 +1,10 @@
 //! Real sockets on loopback: two beacons share one port and hear each other through the
 //! loopback broadcast address `127.255.255.255` (Linux routes it on `lo`; every socket
 //! bound to `0.0.0.0:port` receives a copy, which is exactly LAN broadcast semantics).
+//!
+//! Unicast to `127.0.0.1:port` would not do: with `SO_REUSEPORT`, Linux hands a unicast
+//! datagram to *one* socket of the group (chosen by a hash of the addresses), and since
+//! both beacons send from `127.0.0.1:port`, one of them would never hear the other.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
