@@ -107,6 +107,10 @@ pub struct ServiceConfig {
     /// trying with backoff until a peer answers, and starts over when every peer is lost.
     /// Default `None` (no bootstrap).
     pub bootstrap: Option<crust_bootstrap::BootstrapConfig>,
+    /// Find peers on the local network by UDP broadcast (see `crust-beacon`): started by
+    /// `start_listening()`, it announces our endpoints and connects to the peers it hears.
+    /// Default `None` (no beacon).
+    pub beacon: Option<crust_beacon::BeaconConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -127,6 +131,7 @@ impl Default for ServiceConfig {
             event_queue_len: 4096,
             max_peers: 10_000,
             bootstrap: None,
+            beacon: None,
         }
     }
 }
@@ -220,6 +225,12 @@ impl ServiceConfig {
             self.rudp_port = port;
         }
         self.bootstrap = Some(bootstrap);
+        self
+    }
+
+    /// Sets [`ServiceConfig::beacon`].
+    pub fn with_beacon(mut self, beacon: crust_beacon::BeaconConfig) -> Self {
+        self.beacon = Some(beacon);
         self
     }
 

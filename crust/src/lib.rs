@@ -47,6 +47,7 @@ pub use event::Event;
 pub use service::{DISCOVERY_CONCURRENCY, Events, Service};
 
 pub use bytes::Bytes;
+pub use crust_beacon::{self as beacon, BeaconConfig};
 pub use crust_bootstrap::{self as bootstrap, BootstrapConfig, Contact};
 pub use crust_core::{
     ConnectionConfig, ConnectionInfo, Direction, Discovery, Endpoint, Identity, PeerCandidate,

@@ -130,6 +130,8 @@ struct Inner {
     stopped: CancellationToken,
     /// One channel per discovery source, for what its loop must report to it.
     discovery_reports: Mutex<Vec<mpsc::Sender<DiscoveryReport>>>,
+    /// The LAN beacon, when one runs (to read its port).
+    beacon: Mutex<Option<crust_beacon::BeaconHandle>>,
 }
 
 /// What a discovery source hears about, besides its own candidates.
@@ -296,6 +298,7 @@ impl Service {
             next_connection_id: AtomicU64::new(1),
             stopped: CancellationToken::new(),
             discovery_reports: Mutex::new(Vec::new()),
+            beacon: Mutex::new(None),
         });
         let stopped = Box::pin(inner.stopped.clone().cancelled_owned());
         Ok((
@@ -373,7 +376,34 @@ impl Service {
             }
             self.add_discovery(Box::new(discovery));
         }
+        if let Some(beacon) = &inner.config.beacon {
+            let endpoints = self.our_endpoints();
+            match crust_beacon::BeaconDiscovery::bind(beacon.clone(), self.peer_id(), endpoints)
+                .await
+            {
+                Ok(discovery) => {
+                    *inner.beacon.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(discovery.beacon().handle());
+                    self.add_discovery(Box::new(discovery));
+                }
+                Err(e) => {
+                    // Discovery is an aid, not a precondition: keep the listeners running.
+                    tracing::warn!(error = %e, "cannot start the LAN beacon");
+                }
+            }
+        }
         Ok(bound)
+    }
+
+    /// The UDP port of the LAN beacon, when one runs (see [`ServiceConfig::beacon`]); the
+    /// seed's `get_beacon_acceptor_port`, for tests that start several nodes on one host.
+    pub fn beacon_acceptor_port(&self) -> Option<u16> {
+        self.inner
+            .beacon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|b| b.beacon_acceptor_port())
     }
 
     /// The endpoints our listeners are bound to (may be `0.0.0.0`; see [`Service::our_endpoints`]).
