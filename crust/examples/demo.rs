@@ -12,6 +12,8 @@
 //! - mallory dials carol, whose rate limit is low (200 messages/s, burst 100, ban), and
 //!   floods 5000 messages: carol reports `FloodDetected` and `PeerBanned`, and refuses
 //!   mallory afterwards in both directions.
+//! - dave and frank are given no endpoint at all: their LAN beacons (UDP broadcast on a
+//!   shared port) find each other, they connect and dave greets frank.
 //!
 //! Everything is driven by events and every wait is bounded, so the demo never hangs. It
 //! prints a summary table and exits with 0 only if every check passed. `RUST_LOG=debug`
@@ -209,6 +211,9 @@ async fn run() -> Result<bool, Error> {
     mesh(&mut demo).await;
     greetings(&mut demo).await;
     flood(&mut demo).await;
+    if let Err(e) = lan_discovery(&mut demo).await {
+        demo.check(format!("LAN discovery: {e}"), false);
+    }
 
     demo.drain();
     summary(&demo);
@@ -444,6 +449,63 @@ async fn flood(demo: &mut Demo) {
             && !carol.is_connected(mallory_id)
             && carol.is_banned(mallory_id),
     );
+}
+
+/// Two more nodes, dave and frank, are given no endpoint at all: their LAN beacons find
+/// each other (on loopback: the broadcast address 127.255.255.255 on a shared port) and
+/// they connect and talk.
+async fn lan_discovery(demo: &mut Demo) -> Result<(), Error> {
+    println!("\n== LAN discovery: dave and frank know nobody; their beacons find each other");
+    let beacon = |port: u16| {
+        crust::BeaconConfig::default()
+            .with_port(port)
+            .with_broadcast_addrs(vec![std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                127, 255, 255, 255,
+            ))])
+            .with_announce_interval(Duration::from_millis(200))
+            .with_min_announce_gap(Duration::from_millis(20))
+    };
+    let (dave, mut dave_events) = Service::new(ServiceConfig::loopback().with_beacon(beacon(0)))?;
+    dave.start_listening().await?;
+    let port = dave.beacon_acceptor_port().unwrap_or(0);
+    let (frank, mut frank_events) =
+        Service::new(ServiceConfig::loopback().with_beacon(beacon(port)))?;
+    frank.start_listening().await?;
+    println!("  beacons share UDP port {port}");
+    let frank_id = frank.peer_id();
+    let found = tokio::time::timeout(TIMEOUT, async {
+        while let Some(event) = dave_events.recv().await {
+            if let Event::NewPeer { peer, endpoint, .. } = event {
+                if peer == frank_id {
+                    return Some(endpoint);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(endpoint) = found {
+        println!("  dave connected to frank at {endpoint}, found by beacon");
+    }
+    demo.check("dave finds frank by beacon and connects", found.is_some());
+    let sent = dave.send(frank_id, "hello, neighbour".into()).await.is_ok();
+    let dave_id = dave.peer_id();
+    let heard = tokio::time::timeout(TIMEOUT, async {
+        while let Some(event) = frank_events.recv().await {
+            if let Event::Message { peer, payload } = event {
+                return peer == dave_id && payload == "hello, neighbour";
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    demo.check("frank hears dave's greeting", sent && heard);
+    dave.shutdown().await;
+    frank.shutdown().await;
+    Ok(())
 }
 
 fn summary(demo: &Demo) {
