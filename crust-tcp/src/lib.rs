@@ -64,8 +64,9 @@ pub struct TcpConfig {
     /// Default 256.
     pub max_pending_handshakes: usize,
     /// Incoming handshakes allowed in flight at once from one IP address, so one host that
-    /// opens connections and stalls cannot take every handshake slot. Default 128 (half of
-    /// `max_pending_handshakes`).
+    /// opens connections and stalls cannot take every handshake slot. Connections beyond it
+    /// are dropped, which also hurts honest bursts from one address (a NAT, a proxy), so the
+    /// default is `usize::MAX` (off): set it when stalling hosts are a concern.
     pub max_pending_handshakes_per_ip: usize,
     /// Authenticated connections waiting for [`Listener::accept`]. Default 128.
     pub accept_queue_len: usize,
@@ -83,7 +84,7 @@ impl Default for TcpConfig {
             crypto_provider: tls::default_crypto_provider(),
             dial_from_listen_port: false,
             max_pending_handshakes: 256,
-            max_pending_handshakes_per_ip: 128,
+            max_pending_handshakes_per_ip: usize::MAX,
             accept_queue_len: 128,
             tcp_keepalive: Some(Duration::from_secs(30)),
             listen_backlog: 1024,

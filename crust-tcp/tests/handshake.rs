@@ -222,9 +222,13 @@ async fn dropping_the_listener_refuses_new_connections_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_stalling_many_handshakes_cannot_lock_out_others() {
-    let server = transport(TcpConfig::default().with_connection_config(
-        ConnectionConfig::default().with_handshake_timeout(Duration::from_secs(30)),
-    ));
+    let server = transport(
+        TcpConfig::default()
+            .with_max_pending_handshakes_per_ip(128)
+            .with_connection_config(
+                ConnectionConfig::default().with_handshake_timeout(Duration::from_secs(30)),
+            ),
+    );
     let mut listener = server.listen(loopback()).await.expect("listen");
     let addr = listener.local_endpoint().addr();
     // 300 connections from 127.0.0.2 that never say a word: more than all handshake slots.
