@@ -98,7 +98,7 @@ pub struct ServiceConfig {
     /// What to do with peers over the limit. Default [`FloodAction::Ban`].
     pub flood_action: FloodAction,
     /// Events buffered for the application before readers wait (backpressure, never loss).
-    /// Default 4096.
+    /// Default 4096; at least 64.
     pub event_queue_len: usize,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,

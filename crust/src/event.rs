@@ -71,6 +71,18 @@ pub enum Event {
         /// The discovery source's name.
         source: String,
     },
+    /// A peer told us the address at which it sees us (a hint for NAT traversal; peers can
+    /// lie, so count agreeing peers before trusting it).
+    AddressObserved {
+        /// Who reported it.
+        peer: PeerId,
+        /// Our address as the peer sees it, with the connection's protocol.
+        endpoint: Endpoint,
+        /// The connection's direction from our side: `Inbound` means the peer dialled us, so
+        /// this is an address at which we were reachable; `Outbound` means it is the
+        /// (possibly NAT-mapped) source address of a connection we made.
+        direction: Direction,
+    },
     /// A peer was banned for the rest of the session.
     PeerBanned {
         /// Who.

@@ -35,6 +35,9 @@ pub struct Events {
     /// operation), handed out one by one.
     rx: mpsc::Receiver<Vec<Event>>,
     pending: std::collections::VecDeque<Event>,
+    /// Room for events not yet taken by the application, counted in events (not batches):
+    /// a permit comes back for every event handed out.
+    room: Arc<tokio::sync::Semaphore>,
     /// Completes when `shutdown()` has finished: the stream then ends after what is queued.
     stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
@@ -57,6 +60,7 @@ impl Events {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                self.room.add_permits(1);
                 return Poll::Ready(Some(event));
             }
             if self.stopped.as_mut().poll(cx).is_ready() {
@@ -123,6 +127,8 @@ struct Inner {
     transports: Vec<Arc<dyn Transport>>,
     state: Mutex<State>,
     events: mpsc::Sender<Vec<Event>>,
+    /// Bounds the events queued for the application (see [`Events`]).
+    event_room: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     next_connection_id: AtomicU64,
@@ -132,7 +138,15 @@ struct Inner {
     discovery_reports: Mutex<Vec<mpsc::Sender<DiscoveryReport>>>,
     /// The LAN beacon, when one runs (to read its port).
     beacon: Mutex<Option<crust_beacon::BeaconHandle>>,
+    /// Our addresses as peers who dialled us report them, with the peers that agree
+    /// (bounded: `MAX_OBSERVED_ENDPOINTS` × `MAX_OBSERVERS`).
+    observed: Mutex<Vec<(Endpoint, Vec<PeerId>)>>,
 }
+
+/// Distinct observed endpoints remembered.
+const MAX_OBSERVED_ENDPOINTS: usize = 16;
+/// Distinct peers counted per observed endpoint.
+const MAX_OBSERVERS: usize = 16;
 
 /// What a discovery source hears about, besides its own candidates.
 #[derive(Clone, Copy, Debug)]
@@ -286,25 +300,32 @@ impl Service {
             transports.into_iter().map(Arc::from).collect();
         // Stable sort: TCP first, everything else after, keeping the caller's order otherwise.
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
-        let (tx, rx) = mpsc::channel((config.event_queue_len / EVENT_BATCH).max(1));
+        // At most `capacity` events wait for the application; every batch holds at least one,
+        // so the channel (sized in batches) never fills before the room does.
+        let capacity = config.event_queue_len.max(EVENT_BATCH);
+        let (tx, rx) = mpsc::channel(capacity);
+        let room = Arc::new(tokio::sync::Semaphore::new(capacity));
         let inner = Arc::new(Inner {
             identity,
             config,
             transports,
             state: Mutex::new(State::default()),
             events: tx,
+            event_room: room.clone(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             next_connection_id: AtomicU64::new(1),
             stopped: CancellationToken::new(),
             discovery_reports: Mutex::new(Vec::new()),
             beacon: Mutex::new(None),
+            observed: Mutex::new(Vec::new()),
         });
         let stopped = Box::pin(inner.stopped.clone().cancelled_owned());
         Ok((
             Service { inner },
             Events {
                 rx,
+                room,
                 pending: std::collections::VecDeque::new(),
                 stopped,
             },
@@ -404,6 +425,24 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|b| b.beacon_acceptor_port())
+    }
+
+    /// Our endpoints as peers that dialled us observed them (from their `ObservedAddress`
+    /// messages), most confirmed first, with how many distinct peers reported each. With a
+    /// NAT in between, these are the external addresses to publish (once enough peers
+    /// agree); peers can lie, so a single report proves little.
+    pub fn observed_endpoints(&self) -> Vec<(Endpoint, usize)> {
+        let observed = self
+            .inner
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Endpoint, usize)> = observed
+            .iter()
+            .map(|(ep, peers)| (*ep, peers.len()))
+            .collect();
+        out.sort_by_key(|(_, peers)| std::cmp::Reverse(*peers));
+        out
     }
 
     /// The endpoints our listeners are bound to (may be `0.0.0.0`; see [`Service::our_endpoints`]).
@@ -657,17 +696,28 @@ impl Inner {
     }
 
     async fn emit_batch(&self, events: Vec<Event>) {
-        if events.is_empty() {
+        if events.is_empty() || self.events.is_closed() {
+            // Nobody listens any more: nothing to keep.
             return;
         }
-        // Fast path without a wait; otherwise wait for room, but not past shutdown.
-        let events = match self.events.try_send(events) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(events)) => events,
+        let n = u32::try_from(events.len()).unwrap_or(u32::MAX);
+        // Wait for room (counted in events), but not past shutdown or the listener leaving.
+        let permit = match self.event_room.clone().try_acquire_many_owned(n) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return,
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::select! {
+                permit = self.event_room.clone().acquire_many_owned(n) => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = self.shutdown.cancelled() => return,
+                _ = self.events.closed() => return,
+            },
         };
-        tokio::select! {
-            _ = self.events.send(events) => {}
-            _ = self.shutdown.cancelled() => {}
+        // The permits return one by one as the application takes the events.
+        permit.forget();
+        if self.events.try_send(events).is_err() {
+            self.event_room.add_permits(n as usize);
         }
     }
 
@@ -676,6 +726,28 @@ impl Inner {
             .iter()
             .find(|t| t.protocol() == protocol)
             .cloned()
+    }
+
+    /// Remembers that `peer` saw us at `endpoint` on a connection it dialled (bounded).
+    fn record_observation(&self, peer: PeerId, endpoint: Endpoint) {
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, peers)) = observed.iter_mut().find(|(ep, _)| *ep == endpoint) {
+            if !peers.contains(&peer) && peers.len() < MAX_OBSERVERS {
+                peers.push(peer);
+            }
+        } else if observed.len() < MAX_OBSERVED_ENDPOINTS {
+            observed.push((endpoint, vec![peer]));
+        } else if let Some(i) = observed
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, peers))| peers.len())
+            .map(|(i, _)| i)
+        {
+            // Replace the least confirmed observation (a liar cannot grow the table).
+            if observed[i].1.len() <= 1 {
+                observed[i] = (endpoint, vec![peer]);
+            }
+        }
     }
 
     /// Tells every discovery source about a direct connection or the loss of all peers.
@@ -1046,6 +1118,11 @@ impl Inner {
                 .instrument(span),
         );
         let info = handle.info().clone();
+        // Tell the peer where we see it (NAT traversal hint); a fresh connection has room.
+        handle.sender.try_send_frame(
+            FrameKind::ObservedAddress,
+            crust_core::wire::encode_observed_address(info.remote_addr),
+        );
         if info.direction == Direction::Outbound {
             // Only a connection we dialled proves the peer is directly reachable.
             self.report_to_discovery(DiscoveryReport::DirectConnection(
@@ -1159,6 +1236,25 @@ impl Inner {
                         handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
                     }
                     FrameKind::Superseded => handle.superseded.store(true, Ordering::Relaxed),
+                    FrameKind::ObservedAddress => {
+                        match crust_core::wire::decode_observed_address(&frame.payload) {
+                            Ok(addr) => {
+                                let info = handle.info();
+                                let endpoint = Endpoint::new(info.protocol, addr);
+                                if info.direction == Direction::Inbound {
+                                    self.record_observation(peer, endpoint);
+                                }
+                                batch.push(Event::AddressObserved {
+                                    peer,
+                                    endpoint,
+                                    direction: info.direction,
+                                });
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "ignoring a bad observed address")
+                            }
+                        }
+                    }
                     other => tracing::trace!(%peer, kind = ?other, "ignoring control frame"),
                 }
                 if batch.len() >= EVENT_BATCH {

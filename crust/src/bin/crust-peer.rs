@@ -195,6 +195,14 @@ impl Printer {
                 .emit(json!({"event": "peer_banned", "peer": peer}), || {
                     format!("peer-banned {}", peer.short())
                 }),
+            Event::AddressObserved {
+                peer,
+                endpoint,
+                direction,
+            } => self.emit(
+                json!({"event": "address_observed", "peer": peer, "endpoint": endpoint, "direction": direction_str(*direction)}),
+                || format!("address-observed {} {endpoint} {}", peer.short(), direction_str(*direction)),
+            ),
             Event::BootstrapConnected {
                 peer,
                 endpoint,
