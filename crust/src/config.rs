@@ -209,9 +209,9 @@ impl ServiceConfig {
         self
     }
 
-    /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
+    /// Sets [`ServiceConfig::event_queue_len`] (at least 64).
     pub fn with_event_queue_len(mut self, len: usize) -> Self {
-        self.event_queue_len = len.max(1);
+        self.event_queue_len = len.max(64);
         self
     }
 

@@ -29,7 +29,8 @@ use crate::rate::{Exceeded, RateMeter};
 use crate::{Error, Event, Result};
 
 /// The stream of [`Event`]s of a [`Service`]. Bounded: while the application does not take
-/// events, readers wait (and TCP/QUIC flow control slows the peers down); nothing is dropped.
+/// events, readers wait (and TCP/QUIC flow control slows the peers down); nothing is dropped
+/// while the service runs (once `shutdown()` has begun, events that find no room are discarded).
 pub struct Events {
     /// Events travel in small batches (a burst of messages read at once costs one channel
     /// operation), handed out one by one.
@@ -138,15 +139,10 @@ struct Inner {
     discovery_reports: Mutex<Vec<mpsc::Sender<DiscoveryReport>>>,
     /// The LAN beacon, when one runs (to read its port).
     beacon: Mutex<Option<crust_beacon::BeaconHandle>>,
-    /// Our addresses as peers who dialled us report them, with the peers that agree
-    /// (bounded: `MAX_OBSERVED_ENDPOINTS` × `MAX_OBSERVERS`).
-    observed: Mutex<Vec<(Endpoint, Vec<PeerId>)>>,
+    /// Our address as each connected peer that dialled us reported it: one vote per peer,
+    /// dropped when the peer goes, so the table never outgrows the peer table.
+    observed: Mutex<HashMap<PeerId, Endpoint>>,
 }
-
-/// Distinct observed endpoints remembered.
-const MAX_OBSERVED_ENDPOINTS: usize = 16;
-/// Distinct peers counted per observed endpoint.
-const MAX_OBSERVERS: usize = 16;
 
 /// What a discovery source hears about, besides its own candidates.
 #[derive(Clone, Copy, Debug)]
@@ -302,7 +298,9 @@ impl Service {
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
         // At most `capacity` events wait for the application; every batch holds at least one,
         // so the channel (sized in batches) never fills before the room does.
-        let capacity = config.event_queue_len.max(EVENT_BATCH);
+        let capacity = config
+            .event_queue_len
+            .clamp(EVENT_BATCH, tokio::sync::Semaphore::MAX_PERMITS);
         let (tx, rx) = mpsc::channel(capacity);
         let room = Arc::new(tokio::sync::Semaphore::new(capacity));
         let inner = Arc::new(Inner {
@@ -318,7 +316,7 @@ impl Service {
             stopped: CancellationToken::new(),
             discovery_reports: Mutex::new(Vec::new()),
             beacon: Mutex::new(None),
-            observed: Mutex::new(Vec::new()),
+            observed: Mutex::new(HashMap::new()),
         });
         let stopped = Box::pin(inner.stopped.clone().cancelled_owned());
         Ok((
@@ -437,11 +435,12 @@ impl Service {
             .observed
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<(Endpoint, usize)> = observed
-            .iter()
-            .map(|(ep, peers)| (*ep, peers.len()))
-            .collect();
-        out.sort_by_key(|(_, peers)| std::cmp::Reverse(*peers));
+        let mut votes: HashMap<Endpoint, usize> = HashMap::new();
+        for endpoint in observed.values() {
+            *votes.entry(*endpoint).or_insert(0) += 1;
+        }
+        let mut out: Vec<(Endpoint, usize)> = votes.into_iter().collect();
+        out.sort_by_key(|(endpoint, votes)| (std::cmp::Reverse(*votes), *endpoint));
         out
     }
 
@@ -615,6 +614,7 @@ impl Service {
         let entry = self.inner.lock().peers.remove(&peer);
         let Some(entry) = entry else { return false };
         entry.changed.notify_waiters();
+        self.inner.forget_observation(peer);
         for handle in std::iter::once(entry.active).chain(entry.others) {
             handle.sender.close().await;
         }
@@ -728,26 +728,24 @@ impl Inner {
             .cloned()
     }
 
-    /// Remembers that `peer` saw us at `endpoint` on a connection it dialled (bounded).
+    /// Records `peer`'s vote for where it sees us (on a connection it dialled); a new vote
+    /// from the same peer replaces its old one.
     fn record_observation(&self, peer: PeerId, endpoint: Endpoint) {
-        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, peers)) = observed.iter_mut().find(|(ep, _)| *ep == endpoint) {
-            if !peers.contains(&peer) && peers.len() < MAX_OBSERVERS {
-                peers.push(peer);
-            }
-        } else if observed.len() < MAX_OBSERVED_ENDPOINTS {
-            observed.push((endpoint, vec![peer]));
-        } else if let Some(i) = observed
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, (_, peers))| peers.len())
-            .map(|(i, _)| i)
-        {
-            // Replace the least confirmed observation (a liar cannot grow the table).
-            if observed[i].1.len() <= 1 {
-                observed[i] = (endpoint, vec![peer]);
-            }
+        let still_connected = self.lock().peers.contains_key(&peer);
+        if still_connected {
+            self.observed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer, endpoint);
         }
+    }
+
+    /// Drops the vote of a peer that is gone.
+    fn forget_observation(&self, peer: PeerId) {
+        self.observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
     }
 
     /// Tells every discovery source about a direct connection or the loss of all peers.
@@ -1193,6 +1191,8 @@ impl Inner {
         let peer = handle.info().peer_id;
         let mut meter = RateMeter::new(&self.config.rate_limit, Instant::now());
         let mut batch = Vec::new();
+        // A connection carries one observed address; later ones are ignored.
+        let mut observation_seen = false;
         let reason = 'read: loop {
             // Shutdown aborts every connection, which ends this wait too.
             let mut next = receiver.recv_frame().await.map(Some);
@@ -1236,8 +1236,15 @@ impl Inner {
                         handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
                     }
                     FrameKind::Superseded => handle.superseded.store(true, Ordering::Relaxed),
+                    FrameKind::ObservedAddress if observation_seen => {
+                        tracing::debug!(%peer, "ignoring a repeated observed address");
+                    }
                     FrameKind::ObservedAddress => {
+                        observation_seen = true;
                         match crust_core::wire::decode_observed_address(&frame.payload) {
+                            Ok(addr) if !usable_observed_address(addr) => {
+                                tracing::debug!(%peer, %addr, "ignoring an unusable observed address");
+                            }
                             Ok(addr) => {
                                 let info = handle.info();
                                 let endpoint = Endpoint::new(info.protocol, addr);
@@ -1330,16 +1337,21 @@ impl Inner {
                         waiting
                     };
                     if expired {
+                        inner.forget_observation(peer);
                         inner
                             .emit(Event::LostPeer {
                                 peer,
                                 reason: "superseded connection was never replaced".into(),
                             })
                             .await;
+                        if inner.lock().peers.is_empty() {
+                            inner.report_to_discovery(DiscoveryReport::AllPeersLost);
+                        }
                     }
                 });
             }
             Outcome::Lost => {
+                self.forget_observation(peer);
                 if !self.shutdown.is_cancelled() {
                     tracing::info!(%peer, %reason, "lost peer");
                     self.emit(Event::LostPeer { peer, reason }).await;
@@ -1362,6 +1374,7 @@ impl Inner {
                 }
                 if let Some(entry) = state.peers.remove(&peer) {
                     entry.changed.notify_waiters();
+                    self.forget_observation(peer);
                     to_close.push((peer, entry));
                 }
             }
@@ -1388,6 +1401,11 @@ impl Inner {
             self.report_to_discovery(DiscoveryReport::AllPeersLost);
         }
     }
+}
+
+/// An observed address worth recording: a concrete unicast address with a port.
+fn usable_observed_address(addr: SocketAddr) -> bool {
+    addr.port() != 0 && !addr.ip().is_unspecified() && !addr.ip().is_multicast()
 }
 
 /// Passes a discovery source every report already queued for it, without waiting.

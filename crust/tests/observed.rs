@@ -54,3 +54,70 @@ async fn both_sides_learn_where_the_other_sees_them() {
         "a source port is not a reachable endpoint"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gets_one_vote_per_connection_and_loses_it_when_it_goes() {
+    use crust_core::wire::{FrameKind, encode_observed_address};
+    use crust_core::{Identity, Transport};
+    use crust_tcp::{TcpConfig, TcpTransport};
+
+    init_tracing();
+    let (b, mut be) = node(ServiceConfig::loopback()).await;
+    let b_tcp = *b
+        .our_endpoints()
+        .iter()
+        .find(|e| e.protocol() == Protocol::Tcp)
+        .expect("tcp endpoint");
+    // A liar dials b and reports sixteen made-up addresses, then a message.
+    let liar = TcpTransport::new(Identity::generate().expect("id"), TcpConfig::default())
+        .expect("transport");
+    let conn = liar
+        .dial(b_tcp.addr(), Some(b.peer_id()))
+        .await
+        .expect("dial");
+    let sender = conn.sender();
+    for i in 0..16u16 {
+        let fake = std::net::SocketAddr::from(([198, 51, 100, 1], 1000 + i));
+        sender
+            .send_frame(FrameKind::ObservedAddress, encode_observed_address(fake))
+            .await
+            .expect("send");
+    }
+    sender.send("done".into()).await.expect("send");
+    // Frames arrive in order: once "done" is here, every observation was handled.
+    let mut observations = 0;
+    loop {
+        match wait_for(&mut be, "events", |e| {
+            matches!(e, Event::AddressObserved { .. } | Event::Message { .. })
+        })
+        .await
+        {
+            Event::AddressObserved { .. } => observations += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(
+        observations, 1,
+        "only the first observation of a connection counts"
+    );
+    let first = Endpoint::tcp(std::net::SocketAddr::from(([198, 51, 100, 1], 1000)));
+    assert_eq!(b.observed_endpoints(), vec![(first, 1)]);
+
+    // The liar goes; so does its vote.
+    drop((conn, sender));
+    wait_for(&mut be, "liar lost", |e| {
+        matches!(e, Event::LostPeer { .. })
+    })
+    .await;
+    assert!(b.observed_endpoints().is_empty());
+}
+
+#[test]
+fn a_huge_event_queue_is_clamped_not_a_panic() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let config = ServiceConfig::loopback().with_event_queue_len(usize::MAX);
+        let (service, _events) = crust::Service::new(config).expect("service");
+        service.start_listening().await.expect("listen");
+    });
+}
