@@ -86,15 +86,12 @@ async fn a_peer_gets_one_vote_per_connection_and_loses_it_when_it_goes() {
     sender.send("done".into()).await.expect("send");
     // Frames arrive in order: once "done" is here, every observation was handled.
     let mut observations = 0;
-    loop {
-        match wait_for(&mut be, "events", |e| {
-            matches!(e, Event::AddressObserved { .. } | Event::Message { .. })
-        })
-        .await
-        {
-            Event::AddressObserved { .. } => observations += 1,
-            _ => break,
-        }
+    while let Event::AddressObserved { .. } = wait_for(&mut be, "events", |e| {
+        matches!(e, Event::AddressObserved { .. } | Event::Message { .. })
+    })
+    .await
+    {
+        observations += 1;
     }
     assert_eq!(
         observations, 1,
