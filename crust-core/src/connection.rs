@@ -9,7 +9,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -275,15 +275,12 @@ impl SendQueue {
         matches!(self.try_push_or_return(kind, payload), Ok(None))
     }
 
-    /// Queues a frame if it fits right now: `Ok(None)` when queued, `Ok(Some(payload))`
-    /// when the buffer is full.
+    /// Queues a frame if it can be queued right now: `Ok(None)` when queued,
+    /// `Ok(Some(payload))` (handed back) when the buffer is full or the queue is closed.
     fn try_push_or_return(&self, kind: FrameKind, payload: Bytes) -> Result<Option<Bytes>> {
         let frame_len = wire::FRAME_HEADER_LEN + payload.len();
         let mut state = self.lock();
-        if state.closed {
-            return Err(Error::ConnectionClosed);
-        }
-        if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
+        if state.closed || (state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit) {
             return Ok(Some(payload));
         }
         Self::encode(&mut state, kind, &payload)?;
@@ -340,8 +337,12 @@ struct Shared {
     queue: SendQueue,
     /// Live `MessageSender` handles; when the last one goes, our direction ends gracefully.
     senders: AtomicUsize,
-    /// Cancelled when the connection is over: both directions finished, or aborted.
+    /// Cancelled when the connection is over: both directions finished, or aborted. Always
+    /// set through [`Shared::mark_closed`].
     closed: CancellationToken,
+    /// Mirrors `closed` for the per-message checks: reading an atomic instead of taking the
+    /// token's lock on every receive.
+    closed_flag: AtomicBool,
     /// Cancelled when the peer ended its stream cleanly.
     peer_finished: CancellationToken,
     /// Cancelled when we ended our stream cleanly.
@@ -352,10 +353,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Marks the connection over (idempotent).
+    fn mark_closed(&self) {
+        self.closed_flag.store(true, Ordering::Release);
+        self.closed.cancel();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed_flag.load(Ordering::Acquire)
+    }
+
     fn mark_peer_finished(&self) {
         self.peer_finished.cancel();
         if self.we_finished.is_cancelled() {
-            self.closed.cancel();
+            self.mark_closed();
         } else {
             // Deliver what is queued, then end our side too.
             self.queue.request_finish(None);
@@ -365,13 +376,13 @@ impl Shared {
     fn mark_we_finished(&self) {
         self.we_finished.cancel();
         if self.peer_finished.is_cancelled() {
-            self.closed.cancel();
+            self.mark_closed();
         }
     }
 
     fn abort(&self) {
         self.queue.close_now();
-        self.closed.cancel();
+        self.mark_closed();
     }
 }
 
@@ -412,6 +423,7 @@ impl Connection {
             },
             senders: AtomicUsize::new(1),
             closed: CancellationToken::new(),
+            closed_flag: AtomicBool::new(false),
             peer_finished: CancellationToken::new(),
             we_finished: CancellationToken::new(),
             close_timeout: config.handshake_timeout,
@@ -564,9 +576,10 @@ impl MessageSender {
         self.shared.queue.push(kind, payload).await
     }
 
-    /// Queues an application message only if the send buffer has room right now, without
-    /// waiting: `Ok(None)` when queued, `Ok(Some(message))` (handed back) when the buffer is
-    /// full. Errors as [`MessageSender::send`].
+    /// Queues an application message only if that is possible right now, without waiting:
+    /// `Ok(None)` when queued, `Ok(Some(message))` (handed back, so the caller can wait with
+    /// [`MessageSender::send`], which reports why) when the buffer is full or the connection
+    /// is closed. Fails only with [`Error::MessageTooLarge`].
     pub fn try_send(&self, message: Bytes) -> Result<Option<Bytes>> {
         let max = self.shared.queue.max_message_size;
         if message.len() > max {
@@ -610,7 +623,7 @@ impl MessageSender {
     /// [`MessageSender::finish`].
     pub async fn close(&self) {
         self.finish().await;
-        self.shared.closed.cancel();
+        self.shared.mark_closed();
     }
 
     /// Closes the connection at once, dropping whatever is still queued.
@@ -620,7 +633,7 @@ impl MessageSender {
 
     /// True once the connection is closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.is_closed()
     }
 
     /// Completes when the connection is closed, for any reason.
@@ -716,7 +729,7 @@ impl MessageReceiver {
         if let Some(e) = self.pending_error.take() {
             return Err(*e);
         }
-        if self.shared.closed.is_cancelled() {
+        if self.shared.is_closed() {
             // Closed or aborted: nothing more is delivered, not even what is buffered.
             self.fail();
         }
@@ -743,7 +756,7 @@ impl MessageReceiver {
                     other => other,
                 })
             }
-            None if self.shared.closed.is_cancelled() => {
+            None if self.shared.is_closed() => {
                 self.fail();
                 Err(Error::ConnectionClosed)
             }
@@ -764,7 +777,7 @@ impl MessageReceiver {
         if let Some(e) = self.pending_error.take() {
             return Err(*e);
         }
-        if self.shared.closed.is_cancelled() {
+        if self.shared.is_closed() {
             self.fail();
         }
         let Some(frames) = self.frames.as_mut() else {
@@ -895,7 +908,7 @@ async fn run_writer(mut writer: BoxedWriter, shared: Arc<Shared>) {
             tokio::time::sleep(shared.close_timeout).await;
         } => {
             tracing::debug!(%peer, "queued data not written within the close timeout; aborting");
-            shared.closed.cancel();
+            shared.mark_closed();
             WriterOutcome::Aborted
         }
         result = write_loop(&mut writer, &shared.queue) => match result {
@@ -916,7 +929,7 @@ async fn run_writer(mut writer: BoxedWriter, shared: Arc<Shared>) {
         }
         WriterOutcome::Failed(e) => {
             tracing::debug!(%peer, error = %e, "connection failed while sending");
-            shared.closed.cancel();
+            shared.mark_closed();
         }
     }
     // Answer `finish()` callers (dropping the acks answers them too on abort).

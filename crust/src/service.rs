@@ -529,10 +529,10 @@ impl Service {
             let Some(entry) = state.peers.get(&peer) else {
                 return Err(Error::NotConnected(peer));
             };
-            match entry.active.sender.try_send(payload.clone()) {
+            match entry.active.sender.try_send(payload) {
                 Ok(None) => return Ok(()),
+                // Full or closed: the slow path below waits for room or a successor.
                 Ok(Some(payload)) => payload,
-                Err(crust_core::Error::ConnectionClosed) => payload,
                 Err(e) => return Err(e.into()),
             }
         };
