@@ -191,74 +191,43 @@ impl SendQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues one frame, waiting while the buffer is over its limit.
-    async fn push(&self, kind: FrameKind, payload: Bytes) -> Result<()> {
-        let frame_len = wire::FRAME_HEADER_LEN + payload.len();
-        let mut payload = Some(payload);
-        loop {
+    /// Releases the lock and wakes the writer if it is parked waiting for work.
+    fn unlock_and_wake_writer(&self, mut state: MutexGuard<'_, SendState>) {
+        let wake = std::mem::take(&mut state.writer_parked);
+        drop(state);
+        if wake {
+            self.writer_wake.notify_one();
+        }
+    }
+
+    /// Queues frames of one kind in order under as few locks as possible, waiting whenever
+    /// the buffer is over its limit. Sizes were checked by the caller.
+    async fn push(&self, kind: FrameKind, frames: &[Bytes]) -> Result<()> {
+        let mut next = 0;
+        while next < frames.len() {
             // The lock is held only inside this block, never across an await.
             let wait = {
                 let mut state = self.lock();
                 if state.closed {
                     return Err(Error::ConnectionClosed);
                 }
-                if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
-                    let mut space = Box::pin(self.space.notified());
-                    space.as_mut().enable();
-                    Some(space)
-                } else {
-                    let Some(payload) = payload.take() else {
-                        return Err(Error::ConnectionClosed);
-                    };
-                    Self::encode(&mut state, kind, &payload)?;
-                    state.queued_bytes += frame_len;
-                    let wake = std::mem::take(&mut state.writer_parked);
-                    drop(state);
-                    if wake {
-                        self.writer_wake.notify_one();
-                    }
-                    None
-                }
-            };
-            match wait {
-                Some(space) => space.await,
-                None => return Ok(()),
-            }
-        }
-    }
-
-    /// Queues several application messages in order under as few locks as possible, waiting
-    /// whenever the buffer is full. Sizes were checked by the caller.
-    async fn push_many(&self, messages: &[Bytes]) -> Result<()> {
-        let mut next = 0;
-        while next < messages.len() {
-            let wait = {
-                let mut state = self.lock();
-                if state.closed {
-                    return Err(Error::ConnectionClosed);
-                }
                 let queued_before = state.queued_bytes;
-                while let Some(message) = messages.get(next) {
-                    let frame_len = wire::FRAME_HEADER_LEN + message.len();
+                while let Some(payload) = frames.get(next) {
+                    let frame_len = wire::FRAME_HEADER_LEN + payload.len();
                     if state.queued_bytes > 0 && state.queued_bytes + frame_len > self.limit {
                         break;
                     }
-                    Self::encode(&mut state, FrameKind::Message, message)?;
+                    Self::encode(&mut state, kind, payload)?;
                     state.queued_bytes += frame_len;
                     next += 1;
                 }
-                let wake =
-                    state.queued_bytes != queued_before && std::mem::take(&mut state.writer_parked);
-                let wait = if next < messages.len() {
+                let wait = (next < frames.len()).then(|| {
                     let mut space = Box::pin(self.space.notified());
                     space.as_mut().enable();
-                    Some(space)
-                } else {
-                    None
-                };
-                drop(state);
-                if wake {
-                    self.writer_wake.notify_one();
+                    space
+                });
+                if state.queued_bytes != queued_before {
+                    self.unlock_and_wake_writer(state);
                 }
                 wait
             };
@@ -285,11 +254,7 @@ impl SendQueue {
         }
         Self::encode(&mut state, kind, &payload)?;
         state.queued_bytes += frame_len;
-        let wake = std::mem::take(&mut state.writer_parked);
-        drop(state);
-        if wake {
-            self.writer_wake.notify_one();
-        }
+        self.unlock_and_wake_writer(state);
         Ok(None)
     }
 
@@ -316,12 +281,8 @@ impl SendQueue {
             }
             // else: dropping the ack answers the caller at once.
         }
-        let wake = std::mem::take(&mut state.writer_parked);
-        drop(state);
+        self.unlock_and_wake_writer(state);
         self.finishing.cancel();
-        if wake {
-            self.writer_wake.notify_one();
-        }
         self.space.notify_waiters();
     }
 
@@ -561,7 +522,7 @@ impl MessageSender {
                 max,
             });
         }
-        self.shared.queue.push_many(messages).await
+        self.shared.queue.push(FrameKind::Message, messages).await
     }
 
     /// Queues a frame of any kind (control messages are sent this way).
@@ -573,7 +534,10 @@ impl MessageSender {
                 max,
             });
         }
-        self.shared.queue.push(kind, payload).await
+        self.shared
+            .queue
+            .push(kind, std::slice::from_ref(&payload))
+            .await
     }
 
     /// Queues an application message only if that is possible right now, without waiting:
