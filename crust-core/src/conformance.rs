@@ -137,6 +137,18 @@ impl Pair {
             tokio::join!(self.dialer.dial(addr, expected), self.listener.accept());
         (dialed.expect("dial"), accepted.expect("accept"))
     }
+
+    /// Like [`Pair::connect`], but the dialling side gets the raw authenticated stream, so
+    /// a case can misbehave below the framing layer.
+    async fn connect_raw(&mut self) -> (crate::SecureStream, Connection) {
+        let addr = self.addr();
+        let expected = Some(self.listener_transport.local_peer_id());
+        let (raw, accepted) = tokio::join!(
+            self.dialer.dial_stream(addr, expected),
+            self.listener.accept()
+        );
+        (raw.expect("dial_stream"), accepted.expect("accept"))
+    }
 }
 
 /// Spawns a task that echoes every message on `conn` until it closes.
@@ -257,12 +269,7 @@ pub async fn send_after_close_fails(factory: &dyn TransportFactory) {
 pub async fn peer_vanishing_mid_message_is_connection_closed(factory: &dyn TransportFactory) {
     within("vanishing peer", async {
         let mut p = pair(factory, kit_config(), kit_config()).await;
-        let addr = p.addr();
-        let expected = Some(p.listener_transport.local_peer_id());
-        let (raw, accepted) =
-            tokio::join!(p.dialer.dial_stream(addr, expected), p.listener.accept());
-        let mut raw = raw.expect("dial_stream");
-        let mut server = accepted.expect("accept");
+        let (mut raw, mut server) = p.connect_raw().await;
         // Announce a 1 MiB message, deliver a tenth of it, then vanish.
         let mut partial = Vec::new();
         partial.extend_from_slice(&(1024u32 * 1024).to_be_bytes());
@@ -349,12 +356,7 @@ pub async fn oversized_message_refused_on_both_sides(factory: &dyn TransportFact
 pub async fn four_gib_frame_header_is_refused(factory: &dyn TransportFactory) {
     within("4 GiB header", async {
         let mut p = pair(factory, kit_config(), kit_config()).await;
-        let addr = p.addr();
-        let expected = Some(p.listener_transport.local_peer_id());
-        let (raw, accepted) =
-            tokio::join!(p.dialer.dial_stream(addr, expected), p.listener.accept());
-        let mut raw = raw.expect("dial_stream");
-        let mut server = accepted.expect("accept");
+        let (mut raw, mut server) = p.connect_raw().await;
         raw.writer
             .write_all(&[0xff, 0xff, 0xff, 0xff, 0])
             .await
