@@ -501,7 +501,17 @@ impl AsyncRead for QuicLazyReader {
     }
 }
 
-async fn transfer(env: &Env, row: Row, size: usize, count: usize) -> Result<Transfer> {
+/// Moves `count` messages of `size` bytes over one connection of `row` and times it.
+/// With `batch`, Crust rows use the batch API (`send_many` of `batch` messages, and
+/// `recv_many` on raw connections; the facade delivers events as usual); baseline rows
+/// always coalesce on their own.
+async fn transfer(
+    env: &Env,
+    row: Row,
+    size: usize,
+    count: usize,
+    batch: Option<usize>,
+) -> Result<Transfer> {
     let pair = connect_pair(env, row).await?;
     let payload = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
     let total = (size * count) as u64;
@@ -526,15 +536,36 @@ async fn transfer(env: &Env, row: Row, size: usize, count: usize) -> Result<Tran
             _hold,
         } => {
             let receiving = tokio::spawn(async move {
-                let mut bytes = 0u64;
-                for _ in 0..count {
-                    bytes += receiver.recv().await?.len() as u64;
+                let (mut bytes, mut n) = (0u64, 0usize);
+                let mut got = Vec::with_capacity(1024);
+                while n < count {
+                    if batch.is_some() {
+                        got.clear();
+                        n += receiver.recv_many(&mut got, 1024).await?;
+                        bytes += got.iter().map(|m| m.len() as u64).sum::<u64>();
+                    } else {
+                        bytes += receiver.recv().await?.len() as u64;
+                        n += 1;
+                    }
                 }
                 anyhow::Ok((bytes, receiver))
             });
             let sending = tokio::spawn(async move {
-                for _ in 0..count {
-                    sender.send(payload.clone()).await?;
+                match batch {
+                    Some(batch) => {
+                        let messages = vec![payload; batch];
+                        let mut sent = 0;
+                        while sent < count {
+                            let n = batch.min(count - sent);
+                            sender.send_many(&messages[..n]).await?;
+                            sent += n;
+                        }
+                    }
+                    None => {
+                        for _ in 0..count {
+                            sender.send(payload.clone()).await?;
+                        }
+                    }
                 }
                 anyhow::Ok(sender)
             });
@@ -564,8 +595,21 @@ async fn transfer(env: &Env, row: Row, size: usize, count: usize) -> Result<Tran
                 anyhow::Ok(bytes)
             });
             let sending = tokio::spawn(async move {
-                for _ in 0..count {
-                    sender.send(to, payload.clone()).await?;
+                match batch {
+                    Some(batch) => {
+                        let messages = vec![payload; batch];
+                        let mut sent = 0;
+                        while sent < count {
+                            let n = batch.min(count - sent);
+                            sender.send_many(to, &messages[..n]).await?;
+                            sent += n;
+                        }
+                    }
+                    None => {
+                        for _ in 0..count {
+                            sender.send(to, payload.clone()).await?;
+                        }
+                    }
                 }
                 anyhow::Ok(sender)
             });
@@ -587,99 +631,6 @@ async fn transfer(env: &Env, row: Row, size: usize, count: usize) -> Result<Tran
         bail!("{}: received {received} of {total} bytes", row.name());
     }
     Ok(Transfer { secs, cpu })
-}
-
-/// Like [`transfer`], but Crust rows use the batch API: `send_many` of 256 messages and
-/// `recv_many` (the facade delivers events as usual). Baseline rows run [`transfer`].
-async fn transfer_batched(env: &Env, row: Row, size: usize, count: usize) -> Result<Transfer> {
-    const BATCH: usize = 256;
-    let pair = connect_pair(env, row).await?;
-    let payload = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
-    let total = (size * count) as u64;
-    let cpu0 = cpu_seconds();
-    let start = Instant::now();
-    match pair {
-        Pair::Stream { .. } => {
-            drop(pair);
-            return transfer(env, row, size, count).await;
-        }
-        Pair::Crust {
-            sender,
-            mut receiver,
-            _hold,
-        } => {
-            let receiving = tokio::spawn(async move {
-                let (mut bytes, mut n) = (0u64, 0usize);
-                let mut got = Vec::with_capacity(1024);
-                while n < count {
-                    got.clear();
-                    n += receiver.recv_many(&mut got, 1024).await?;
-                    bytes += got.iter().map(|m| m.len() as u64).sum::<u64>();
-                }
-                anyhow::Ok((bytes, receiver))
-            });
-            let sending = tokio::spawn(async move {
-                let batch = vec![payload; BATCH];
-                let mut sent = 0;
-                while sent < count {
-                    let n = BATCH.min(count - sent);
-                    sender.send_many(&batch[..n]).await?;
-                    sent += n;
-                }
-                anyhow::Ok(sender)
-            });
-            let (bytes, receiver) = receiving.await??;
-            let sender = sending.await??;
-            let secs = start.elapsed().as_secs_f64();
-            let cpu = cpu_seconds() - cpu0;
-            drop((sender, receiver, _hold));
-            if bytes != total {
-                bail!("{}: received {bytes} of {total} bytes", row.name());
-            }
-            Ok(Transfer { secs, cpu })
-        }
-        Pair::Facade {
-            sender,
-            to,
-            receiver,
-            mut events,
-        } => {
-            let receiving = tokio::spawn(async move {
-                let (mut bytes, mut n) = (0u64, 0usize);
-                while n < count {
-                    match events.recv().await {
-                        Some(Event::Message { payload, .. }) => {
-                            bytes += payload.len() as u64;
-                            n += 1;
-                        }
-                        Some(_) => {}
-                        None => bail!("events ended after {n} messages"),
-                    }
-                }
-                anyhow::Ok(bytes)
-            });
-            let sending = tokio::spawn(async move {
-                let batch = vec![payload; BATCH];
-                let mut sent = 0;
-                while sent < count {
-                    let n = BATCH.min(count - sent);
-                    sender.send_many(to, &batch[..n]).await?;
-                    sent += n;
-                }
-                anyhow::Ok(sender)
-            });
-            let bytes = receiving.await??;
-            let sender = sending.await??;
-            let secs = start.elapsed().as_secs_f64();
-            let cpu = cpu_seconds() - cpu0;
-            if bytes != total {
-                bail!("{}: received {bytes} of {total} bytes", row.name());
-            }
-            sender.shutdown().await;
-            receiver.shutdown().await;
-            Ok(Transfer { secs, cpu })
-        }
-    }
 }
 
 /// Baseline sender: `u32` big-endian length prefix + payload, coalesced in a 64 KiB buffer
@@ -1147,18 +1098,18 @@ async fn run(opts: Opts) -> Result<()> {
                     continue;
                 }
                 let outcome = match case {
-                    "bulk" => transfer(&env, row, MIB, opts.bulk_bytes / MIB)
+                    "bulk" => transfer(&env, row, MIB, opts.bulk_bytes / MIB, None)
                         .await
                         .map(|t| {
                             result.bulk_runs.push(mib / t.secs);
                             result.cpu_runs.push(t.cpu / gib);
                         }),
-                    "rate" => transfer(&env, row, 64, opts.rate_messages)
+                    "rate" => transfer(&env, row, 64, opts.rate_messages, None)
                         .await
                         .map(|t| result.rate_runs.push(opts.rate_messages as f64 / t.secs)),
                     // The batch API only exists on Crust rows; baselines already coalesce.
                     "batch" if row.baseline().is_none() => Ok(()),
-                    "batch" => transfer_batched(&env, row, 64, opts.rate_messages)
+                    "batch" => transfer(&env, row, 64, opts.rate_messages, Some(256))
                         .await
                         .map(|t| result.batch_runs.push(opts.rate_messages as f64 / t.secs)),
                     _ => handshakes(&env, row, opts.handshakes).await.map(|s| {
