@@ -30,6 +30,7 @@ mod endpoint;
 mod error;
 mod identity;
 pub mod limits;
+mod peer_addr;
 pub mod tls;
 mod traits;
 pub mod wire;
@@ -44,6 +45,7 @@ pub use connection::{
 pub use endpoint::{Endpoint, Protocol};
 pub use error::{Error, Result};
 pub use identity::{Identity, PeerId};
+pub use peer_addr::PeerAddr;
 pub use traits::{
     Discovery, Listener, NatTraverser, PeerCandidate, PunchRequest, PunchedSocket, Transport,
 };

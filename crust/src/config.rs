@@ -102,6 +102,16 @@ pub struct ServiceConfig {
     pub event_queue_len: usize,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
+    /// How often every connection is pinged (round-trip time, liveness). Default 2 s.
+    pub ping_interval: Duration,
+    /// A peer from which nothing was heard for this long although we pinged it is lost
+    /// ([`LostReason::PingTimeout`](crate::LostReason::PingTimeout)). Default 8 s. Time
+    /// during which our application did not take events does not count against the peer,
+    /// but a peer's own timeout does count ours: an application that stops taking events
+    /// for longer than its peers' ping timeout is dropped by them.
+    pub ping_timeout: Duration,
+    /// Peers the address book remembers (least recently seen evicted first). Default 4096.
+    pub address_book_capacity: usize,
     /// Bootstrap from hard-coded contacts and the cache of peers reached directly in
     /// earlier sessions (see `crust-bootstrap`): started by `start_listening()`, it keeps
     /// trying with backoff until a peer answers, and starts over when every peer is lost.
@@ -130,6 +140,9 @@ impl Default for ServiceConfig {
             flood_action: FloodAction::Ban,
             event_queue_len: 4096,
             max_peers: 10_000,
+            ping_interval: Duration::from_secs(2),
+            ping_timeout: Duration::from_secs(8),
+            address_book_capacity: 4096,
             bootstrap: None,
             beacon: None,
         }
@@ -231,6 +244,20 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::beacon`].
     pub fn with_beacon(mut self, beacon: crust_beacon::BeaconConfig) -> Self {
         self.beacon = Some(beacon);
+        self
+    }
+
+    /// Sets [`ServiceConfig::ping_interval`] and [`ServiceConfig::ping_timeout`] (the
+    /// timeout is raised to at least twice the interval).
+    pub fn with_ping(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.ping_interval = interval;
+        self.ping_timeout = timeout.max(interval * 2);
+        self
+    }
+
+    /// Sets [`ServiceConfig::address_book_capacity`].
+    pub fn with_address_book_capacity(mut self, capacity: usize) -> Self {
+        self.address_book_capacity = capacity;
         self
     }
 

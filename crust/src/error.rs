@@ -1,6 +1,9 @@
 //! Errors of the `crust` facade.
 
+use crust_core::wire::FrameKind;
 use crust_core::{Endpoint, PeerId, Protocol};
+
+use crate::reason::{DialFailure, summarize};
 
 /// Everything the [`Service`](crate::Service) API can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +21,15 @@ pub enum Error {
     /// `connect()` was given no endpoint this service can dial.
     #[error("no endpoint to dial (enabled transports: {0:?})")]
     NoUsableEndpoint(Vec<Protocol>),
-    /// Every connection attempt failed; each endpoint with its error.
+    /// Every connection attempt failed; each endpoint with its failure.
     #[error("all connection attempts failed: {}", summarize(.0))]
-    ConnectFailed(Vec<(Endpoint, crust_core::Error)>),
+    ConnectFailed(Vec<(Endpoint, DialFailure)>),
     /// `connect()` did not succeed within the configured connect timeout.
-    #[error("connect timed out after {0:?}")]
+    #[error("no answer within {} s (peer offline, firewall or NAT?)", .0.as_secs_f64())]
     ConnectTimeout(std::time::Duration),
+    /// Connect by `PeerId`: the address book knows no endpoint of this peer.
+    #[error("no known address for peer {0} (add one, or let discovery find it)")]
+    UnknownPeer(PeerId),
     /// We would exceed the configured maximum number of peers.
     #[error("peer limit of {0} reached")]
     TooManyPeers(usize),
@@ -33,17 +39,13 @@ pub enum Error {
     /// `start_listening()` was called twice, or with every transport disabled.
     #[error("listening: {0}")]
     Listen(String),
+    /// A control channel cannot use this frame kind: the service itself uses it, or another
+    /// channel already has it.
+    #[error("frame kind {0:?} is not available for a control channel")]
+    ControlKindUnavailable(FrameKind),
     /// The service has been shut down.
     #[error("service is shut down")]
     Shutdown,
-}
-
-fn summarize(attempts: &[(Endpoint, crust_core::Error)]) -> String {
-    attempts
-        .iter()
-        .map(|(ep, e)| format!("{ep}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Shorthand for `Result<T, crust::Error>`.

@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use crust_core::{Direction, Endpoint, PeerId, Protocol};
 
+use crate::reason::{ConnectFailure, FloodLimit, LostReason};
+
 /// Something happened that the application may want to act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -27,8 +29,8 @@ pub enum Event {
     LostPeer {
         /// Who.
         peer: PeerId,
-        /// Why, in words.
-        reason: String,
+        /// Why (typed; its `Display` says it in words).
+        reason: LostReason,
     },
     /// A message from a peer.
     Message {
@@ -41,8 +43,10 @@ pub enum Event {
     ConnectFailed {
         /// The endpoints that were tried.
         endpoints: Vec<Endpoint>,
-        /// Why.
-        error: String,
+        /// The peer we dialled for, when known.
+        peer: Option<PeerId>,
+        /// Why (typed; its `Display` says it in words).
+        reason: ConnectFailure,
     },
     /// Two connections to the same peer existed (simultaneous dial); the one dialled by the
     /// smaller `PeerId` was kept on both sides and the other closed after draining.
@@ -56,8 +60,8 @@ pub enum Event {
     FloodDetected {
         /// Who.
         peer: PeerId,
-        /// `"messages"` or `"bytes"`.
-        limit: &'static str,
+        /// Which limit.
+        limit: FloodLimit,
         /// Whether the peer was banned as a consequence.
         banned: bool,
     },

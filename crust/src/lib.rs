@@ -34,22 +34,42 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod address_book;
 mod config;
+mod conn_task;
+mod control;
+mod dial;
+mod discovery_driver;
 mod endpoints;
 mod error;
 mod event;
+mod events;
+mod listen;
+mod liveness;
+mod node;
+mod observed;
+mod plugins;
 mod rate;
+mod reason;
+mod registry;
 mod service;
 
+pub use address_book::MAX_ENDPOINTS_PER_PEER;
 pub use config::{FloodAction, RateLimit, ServiceConfig};
+pub use control::{ControlChannel, ControlMessage, FIRST_PLUGIN_KIND, MAX_CONTROL_PAYLOAD};
+pub use discovery_driver::DISCOVERY_CONCURRENCY;
 pub use error::{Error, Result};
 pub use event::Event;
-pub use service::{DISCOVERY_CONCURRENCY, Events, Service};
+pub use events::Events;
+pub use reason::{
+    ConnectFailure, DialFailure, FloodLimit, LostReason, TransportErrorKind, TransportFailure,
+};
+pub use service::{PeerInfo, Service};
 
 pub use bytes::Bytes;
 pub use crust_beacon::{self as beacon, BeaconConfig};
 pub use crust_bootstrap::{self as bootstrap, BootstrapConfig, Contact};
 pub use crust_core::{
-    ConnectionConfig, ConnectionInfo, Direction, Discovery, Endpoint, Identity, PeerCandidate,
-    PeerId, Protocol,
+    ConnectionConfig, ConnectionInfo, Direction, Discovery, Endpoint, Identity, PeerAddr,
+    PeerCandidate, PeerId, Protocol, wire,
 };

@@ -107,7 +107,7 @@ async fn a_flooding_peer_is_reported_and_banned() {
         flood,
         Event::FloodDetected {
             peer: flooder.peer_id(),
-            limit: "messages",
+            limit: crust::FloodLimit::Messages,
             banned: true
         }
     );

@@ -56,7 +56,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use crust::{Direction, Endpoint, Event, Identity, PeerId, Service, ServiceConfig};
+use crust::{Direction, Endpoint, Event, Identity, PeerAddr, PeerId, Service, ServiceConfig};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -155,8 +155,8 @@ impl Printer {
                 },
             ),
             Event::LostPeer { peer, reason } => self.emit(
-                json!({"event": "lost_peer", "peer": peer, "reason": reason}),
-                || format!("lost-peer {} {reason:?}", peer.short()),
+                json!({"event": "lost_peer", "peer": peer, "reason": reason.to_string(), "reason_kind": reason.kind()}),
+                || format!("lost-peer {} {:?}", peer.short(), reason.to_string()),
             ),
             Event::Message { peer, payload } => {
                 let text = String::from_utf8_lossy(payload);
@@ -165,9 +165,13 @@ impl Printer {
                     || format!("message {} {text:?}", peer.short()),
                 )
             }
-            Event::ConnectFailed { endpoints, error } => self.emit(
-                json!({"event": "connect_failed", "endpoints": endpoints, "error": error}),
-                || format!("connect-failed {} {error:?}", join(endpoints)),
+            Event::ConnectFailed {
+                endpoints,
+                peer,
+                reason,
+            } => self.emit(
+                json!({"event": "connect_failed", "endpoints": endpoints, "error": reason.to_string(), "reason_kind": reason.kind(), "peer": peer}),
+                || format!("connect-failed {} {:?}", join(endpoints), reason.to_string()),
             ),
             Event::DuplicateConnectionClosed { peer, kept } => self.emit(
                 json!({
@@ -188,7 +192,7 @@ impl Printer {
                 limit,
                 banned,
             } => self.emit(
-                json!({"event": "flood_detected", "peer": peer, "limit": limit, "banned": banned}),
+                json!({"event": "flood_detected", "peer": peer, "limit": limit.as_str(), "banned": banned}),
                 || format!("flood-detected {} {limit} banned={banned}", peer.short()),
             ),
             Event::PeerBanned { peer } => self
@@ -254,6 +258,14 @@ const HELP: &[(&str, &str)] = &[
         "connect <endpoint> [<endpoint>...]",
         "connect to one peer at these endpoints",
     ),
+    (
+        "connect <peer-id>[@<endpoint>,...]",
+        "connect to a peer by id (address book), optionally adding endpoints",
+    ),
+    (
+        "known",
+        "list the address book (peers and where to reach them)",
+    ),
     ("send <peer> <text>", "send the rest of the line to a peer"),
     ("peers", "list connected peers"),
     ("disconnect <peer>", "close the connection to a peer"),
@@ -301,6 +313,25 @@ fn parse_endpoints<'a>(words: impl Iterator<Item = &'a str>) -> Result<Vec<Endpo
     Ok(endpoints)
 }
 
+/// Connects to a peer by id (and any endpoints given) in the background and reports the
+/// outcome.
+fn spawn_connect_to(service: &Arc<Service>, printer: Printer, addr: PeerAddr) {
+    let service = service.clone();
+    tokio::spawn(async move {
+        let endpoints = addr.endpoints.clone();
+        match service.connect_to(addr.clone()).await {
+            Ok(peer) => printer.emit(
+                json!({"event": "connected", "peer": peer, "endpoints": endpoints}),
+                || format!("connected {peer}"),
+            ),
+            Err(e) => printer.emit(
+                json!({"event": "error", "message": format!("connect {}: {e}", addr.peer_id), "command": "connect"}),
+                || format!("error: connect {}: {e}", addr.peer_id),
+            ),
+        }
+    });
+}
+
 /// Dials `endpoints` in the background and reports the outcome.
 fn spawn_connect(service: &Arc<Service>, printer: Printer, endpoints: Vec<Endpoint>) {
     let service = service.clone();
@@ -321,7 +352,7 @@ fn spawn_connect(service: &Arc<Service>, printer: Printer, endpoints: Vec<Endpoi
 fn print_endpoints(service: &Service, printer: Printer) {
     let endpoints = service.our_endpoints();
     printer.emit(
-        json!({"event": "endpoints", "endpoints": endpoints, "listening": service.listening_endpoints()}),
+        json!({"event": "endpoints", "endpoints": endpoints, "listening": service.listening_endpoints(), "addr": service.our_addr().to_string()}),
         || {
             if endpoints.is_empty() {
                 "endpoints (none reachable; try --loopback)".to_string()
@@ -364,10 +395,27 @@ async fn run_command(service: &Arc<Service>, printer: Printer, line: &str) -> Fl
             },
         ),
         "endpoints" => print_endpoints(service, printer),
-        "connect" => match parse_endpoints(words) {
-            Ok(endpoints) => spawn_connect(service, printer, endpoints),
-            Err(e) => printer.error(e),
+        "connect" => match rest.parse::<PeerAddr>() {
+            Ok(addr) => spawn_connect_to(service, printer, addr),
+            Err(_) => match parse_endpoints(words) {
+                Ok(endpoints) => spawn_connect(service, printer, endpoints),
+                Err(e) => printer.error(e),
+            },
         },
+        "known" => {
+            let known = service.known_peers();
+            let list: Vec<Value> = known
+                .iter()
+                .map(|addr| json!({"peer": addr.peer_id, "endpoints": addr.endpoints}))
+                .collect();
+            printer.emit(json!({"event": "known_peers", "peers": list}), || {
+                let mut out = format!("known {}", known.len());
+                for addr in &known {
+                    out.push_str(&format!("\n  {addr}"));
+                }
+                out
+            });
+        }
         "send" => {
             let Some((peer_text, text)) = rest.split_once(char::is_whitespace) else {
                 printer.error("usage: send <peer> <text>");
@@ -391,11 +439,16 @@ async fn run_command(service: &Arc<Service>, printer: Printer, line: &str) -> Fl
             let list: Vec<Value> = peers
                 .iter()
                 .map(|info| {
+                    let rtt = service
+                        .peer_info(info.peer_id)
+                        .and_then(|p| p.rtt)
+                        .map(|rtt| rtt.as_secs_f64() * 1000.0);
                     json!({
                         "peer": info.peer_id,
                         "endpoint": info.remote_endpoint(),
                         "protocol": info.protocol.as_str(),
                         "direction": direction_str(info.direction),
+                        "rtt_ms": rtt,
                     })
                 })
                 .collect();

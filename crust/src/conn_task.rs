@@ -1,0 +1,336 @@
+//! One task per connection: registration (carrying out the registry's decision), then the
+//! reader with rate metering, control-frame dispatch, pings and liveness, and the end of
+//! the connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crust_core::wire::FrameKind;
+use crust_core::{Connection, Direction, Endpoint, MessageReceiver, PeerId};
+use tracing::Instrument;
+
+use crate::config::FloodAction;
+use crate::liveness::{Liveness, LivenessAction, decode_nonce, encode_nonce};
+use crate::node::{ConnHandle, DiscoveryReport, Node};
+use crate::observed::usable_observed_address;
+use crate::rate::{Exceeded, RateMeter};
+use crate::reason::{FloodLimit, LostReason};
+use crate::registry::{Admission, Ended, Refusal};
+use crate::{Error, Event, Result};
+
+/// Most events a connection's reader hands over in one batch.
+pub(crate) const EVENT_BATCH: usize = 64;
+
+/// Who caused a registration: the application's own call (its events never wait for room
+/// in the event queue) or a peer (they do: backpressure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    Application,
+    Peer,
+}
+
+impl Node {
+    /// Adds an authenticated connection to the registry, applying its decision, and starts
+    /// the connection's task.
+    pub(crate) async fn register(
+        self: &Arc<Self>,
+        conn: Connection,
+        cause: Cause,
+    ) -> Result<PeerId> {
+        let peer = conn.peer_id();
+        let (sender, receiver) = conn.split();
+        let handle = ConnHandle {
+            id: self.next_connection_id(),
+            sender,
+            rtt_micros: Arc::new(AtomicU64::new(0)),
+            since: Instant::now(),
+        };
+        let info = handle.sender.info().clone();
+        let admission = self
+            .registry()
+            .admit(peer, handle.id, info.direction, handle.clone());
+        if let Admission::Refused(refusal) = admission {
+            handle.sender.abort();
+            return Err(match refusal {
+                Refusal::Banned => Error::Banned(peer),
+                Refusal::SelfConnect => Error::SelfConnect,
+                Refusal::PeerLimit(max) => Error::TooManyPeers(max),
+                Refusal::ShuttingDown => Error::Shutdown,
+            });
+        }
+        self.registry_changed.notify_waiters();
+        // The task runs for every connection, also for duplicates being drained, so that
+        // everything the peer sent before ending a connection is delivered.
+        let span =
+            tracing::info_span!("connection", %peer, id = handle.id, protocol = %info.protocol);
+        self.tasks
+            .spawn(self.clone().run(handle.clone(), receiver).instrument(span));
+        // Tell the peer where we see it (NAT traversal hint); a fresh connection has room.
+        handle.sender.try_send_frame(
+            FrameKind::ObservedAddress,
+            crust_core::wire::encode_observed_address(info.remote_addr),
+        );
+        if info.direction == Direction::Outbound {
+            // Only a connection we dialled proves the peer is reachable at that endpoint.
+            self.address_book()
+                .confirm(peer, info.remote_endpoint(), Instant::now());
+            self.report_to_discovery(DiscoveryReport::DirectConnection(
+                peer,
+                info.remote_endpoint(),
+            ));
+        }
+        let event = match admission {
+            Admission::Refused(_) => None,
+            Admission::NewPeer => {
+                tracing::info!(%peer, endpoint = %info.remote_endpoint(), direction = ?info.direction, "new peer");
+                Some(Event::NewPeer {
+                    peer,
+                    endpoint: info.remote_endpoint(),
+                    direction: info.direction,
+                    protocol: info.protocol,
+                })
+            }
+            Admission::Successor => {
+                tracing::debug!(%peer, "successor connection took over");
+                Some(Event::DuplicateConnectionClosed {
+                    peer,
+                    kept: info.direction,
+                })
+            }
+            Admission::Duplicate {
+                retire,
+                kept,
+                abort,
+            } => {
+                for extra in abort {
+                    tracing::warn!(%peer, "too many connections from one peer; aborting the oldest extra one");
+                    extra.sender.abort();
+                }
+                if let Some(retired) = retire {
+                    self.retire_in_background(retired);
+                }
+                kept.map(|kept| {
+                    tracing::debug!(%peer, ?kept, "duplicate connection resolved");
+                    Event::DuplicateConnectionClosed { peer, kept }
+                })
+            }
+        };
+        if let Some(event) = event {
+            match cause {
+                Cause::Application => self.emit_now(event),
+                Cause::Peer => {
+                    self.emit_wait(vec![event]).await;
+                }
+            }
+        }
+        Ok(peer)
+    }
+
+    /// Ends our side of a duplicate gracefully, telling the peer a successor exists; the
+    /// reader keeps draining until the peer ends its side, bounded by the handshake timeout.
+    fn retire_in_background(&self, handle: ConnHandle) {
+        let deadline = self.config.connection.handshake_timeout;
+        self.tasks.spawn(async move {
+            let _ = handle
+                .sender
+                .send_frame(FrameKind::Superseded, Bytes::new())
+                .await;
+            handle.sender.finish().await;
+            if tokio::time::timeout(deadline, handle.sender.closed())
+                .await
+                .is_err()
+            {
+                handle.sender.abort();
+            }
+        });
+    }
+
+    /// The connection's task: reads until the connection ends, then reports the end.
+    async fn run(self: Arc<Self>, handle: ConnHandle, receiver: MessageReceiver) {
+        let reason = self.read_loop(&handle, receiver).await;
+        self.connection_ended(&handle, reason).await;
+    }
+
+    async fn read_loop(&self, handle: &ConnHandle, mut receiver: MessageReceiver) -> LostReason {
+        let peer = receiver.info().peer_id;
+        let direction = receiver.info().direction;
+        let protocol = receiver.info().protocol;
+        let start = Instant::now();
+        let mut meter = RateMeter::new(&self.config.rate_limit, start);
+        let mut liveness = Liveness::new(
+            self.config.ping_interval,
+            self.config.ping_timeout,
+            start,
+            handle.id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let timer = tokio::time::sleep_until(start.into());
+        tokio::pin!(timer);
+        let mut batch = Vec::new();
+        // A connection carries one observed address; later ones are ignored.
+        let mut observation_seen = false;
+        loop {
+            // Shutdown aborts every connection, which ends this wait too.
+            let first = tokio::select! {
+                biased;
+                frame = receiver.recv_frame() => frame,
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    loop {
+                        match liveness.poll(now) {
+                            LivenessAction::Ping(nonce) => {
+                                // Never wait: a full control lane means traffic is flowing.
+                                handle.sender.try_send_frame(FrameKind::Ping, encode_nonce(nonce));
+                            }
+                            LivenessAction::Dead(silent_for) => {
+                                tracing::info!(%peer, ?silent_for, "peer silent; giving up on it");
+                                handle.sender.abort();
+                                return LostReason::PingTimeout { silent_for };
+                            }
+                            LivenessAction::WaitUntil(at) => {
+                                timer.as_mut().reset(at.into());
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let mut next = first.map(Some);
+            // Then take whatever else already arrived, and hand it over as one batch.
+            loop {
+                let frame = match next {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.emit_wait(std::mem::take(&mut batch)).await;
+                        return LostReason::from_read_error(&e);
+                    }
+                };
+                if let Err(exceeded) = meter.on_message(frame.payload.len()) {
+                    let limit = match exceeded {
+                        Exceeded::Messages => FloodLimit::Messages,
+                        Exceeded::Bytes => FloodLimit::Bytes,
+                    };
+                    let ban = self.config.flood_action == FloodAction::Ban;
+                    tracing::warn!(%peer, %limit, ban, "peer exceeds the rate limit");
+                    batch.push(Event::FloodDetected {
+                        peer,
+                        limit,
+                        banned: ban,
+                    });
+                    self.emit_wait(std::mem::take(&mut batch)).await;
+                    if ban {
+                        self.ban([peer], LostReason::Flood(limit));
+                        return LostReason::Flood(limit);
+                    }
+                    // Reported once per burst: start a fresh meter.
+                    meter = RateMeter::new(&self.config.rate_limit, Instant::now());
+                }
+                match frame.kind {
+                    FrameKind::Message => batch.push(Event::Message {
+                        peer,
+                        payload: frame.payload,
+                    }),
+                    FrameKind::Ping => {
+                        // Never wait on a peer that pings faster than it reads.
+                        handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
+                    }
+                    FrameKind::Pong => {
+                        if let Some(nonce) = decode_nonce(&frame.payload) {
+                            if liveness.on_pong(nonce, Instant::now()).is_some() {
+                                if let Some(rtt) = liveness.rtt() {
+                                    let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+                                    handle.rtt_micros.store(micros.max(1), Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    FrameKind::Superseded => {
+                        self.registry().mark_superseded(peer, handle.id);
+                    }
+                    FrameKind::ObservedAddress if observation_seen => {
+                        tracing::debug!(%peer, "ignoring a repeated observed address");
+                    }
+                    FrameKind::ObservedAddress => {
+                        observation_seen = true;
+                        match crust_core::wire::decode_observed_address(&frame.payload) {
+                            Ok(addr) if !usable_observed_address(addr) => {
+                                tracing::debug!(%peer, %addr, "ignoring an unusable observed address");
+                            }
+                            Ok(addr) => {
+                                let endpoint = Endpoint::new(protocol, addr);
+                                if direction == Direction::Inbound && self.registry().contains(peer)
+                                {
+                                    self.observed().record(peer, endpoint);
+                                }
+                                batch.push(Event::AddressObserved {
+                                    peer,
+                                    endpoint,
+                                    direction,
+                                });
+                            }
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "ignoring a bad observed address")
+                            }
+                        }
+                    }
+                    other => {
+                        if !self.control.dispatch(other, peer, frame.payload) {
+                            tracing::trace!(%peer, kind = ?other, "skipping a control frame nobody claimed");
+                        }
+                    }
+                }
+                if batch.len() >= EVENT_BATCH {
+                    break;
+                }
+                next = receiver.try_recv_frame();
+            }
+            self.emit_wait(std::mem::take(&mut batch)).await;
+            // Heard from the peer now; time spent waiting for our application to take
+            // events is not held against the peer either.
+            liveness.heard(Instant::now());
+        }
+    }
+
+    /// Applies the end of a connection to the registry and reports what follows.
+    async fn connection_ended(self: &Arc<Self>, handle: &ConnHandle, reason: LostReason) {
+        let peer = handle.sender.info().peer_id;
+        let ended = self.registry().connection_ended(peer, handle.id);
+        match ended {
+            Ended::Nothing => self.registry_changed.notify_waiters(),
+            Ended::AwaitSuccessor => {
+                tracing::debug!(%peer, "connection superseded; waiting for its successor");
+                self.registry_changed.notify_waiters();
+                let node = self.clone();
+                let wait = self.config.connection.handshake_timeout;
+                let id = handle.id;
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = node.shutdown.cancelled() => return,
+                    }
+                    let overdue = {
+                        let mut registry = node.registry();
+                        registry
+                            .successor_overdue(peer, id)
+                            .map(|rest| (rest, registry.is_empty()))
+                    };
+                    if let Some((rest, none_left)) = overdue {
+                        for connection in rest {
+                            connection.sender.abort();
+                        }
+                        node.peer_removed(peer, LostReason::SupersededNotReplaced, none_left);
+                    }
+                });
+            }
+            Ended::Lost { abort, none_left } => {
+                for connection in abort {
+                    connection.sender.abort();
+                }
+                self.peer_removed(peer, reason, none_left);
+            }
+        }
+    }
+}

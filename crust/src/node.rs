@@ -1,0 +1,254 @@
+//! The state every part of a running service shares, and the actions that touch several
+//! parts at once (losing, disconnecting and banning a peer).
+//!
+//! The pieces live in their own modules: the pure [`Registry`], [`AddressBook`] and
+//! [`ObservedAddresses`]; the event queue (`events.rs`); connection tasks (`conn_task.rs`);
+//! the connect race (`dial.rs`); discovery (`discovery_driver.rs`); control channels
+//! (`control.rs`); listeners (`listen.rs`). [`Service`](crate::Service) is the public
+//! handle over it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crust_core::{Endpoint, Identity, MessageSender, PeerId, Protocol, Transport};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::address_book::AddressBook;
+use crate::config::ServiceConfig;
+use crate::control::ControlRoutes;
+use crate::events::EventQueue;
+use crate::observed::ObservedAddresses;
+use crate::registry::{ConnId, Registry};
+use crate::{Event, LostReason};
+
+/// One registered connection, as the async code needs it.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnHandle {
+    pub(crate) id: ConnId,
+    pub(crate) sender: MessageSender,
+    /// Smoothed round-trip time in microseconds; 0 until the first pong.
+    pub(crate) rtt_micros: Arc<AtomicU64>,
+    /// When the connection was registered.
+    pub(crate) since: Instant,
+}
+
+impl ConnHandle {
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+}
+
+/// What a discovery source hears about, besides its own candidates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DiscoveryReport {
+    /// We dialled `peer` at `endpoint` and it answered.
+    DirectConnection(PeerId, Endpoint),
+    /// No peer is connected any more.
+    AllPeersLost,
+}
+
+/// Reports queued for one discovery source; beyond this, reports are dropped (they are hints).
+pub(crate) const DISCOVERY_REPORT_QUEUE: usize = 256;
+
+#[derive(Debug, Default)]
+pub(crate) struct Listening {
+    pub(crate) started: bool,
+    pub(crate) endpoints: Vec<Endpoint>,
+}
+
+/// The shared state of a running service.
+pub(crate) struct Node {
+    pub(crate) identity: Identity,
+    pub(crate) config: ServiceConfig,
+    /// In order of preference: TCP first.
+    pub(crate) transports: Vec<Arc<dyn Transport>>,
+    pub(crate) registry: Mutex<Registry<ConnHandle>>,
+    /// Notified whenever a peer's active connection changes or a peer is removed (senders
+    /// waiting for a successor connection re-check).
+    pub(crate) registry_changed: Notify,
+    pub(crate) events: Arc<EventQueue>,
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled once `shutdown()` has finished: ends the event stream.
+    pub(crate) stopped: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    next_connection_id: AtomicU64,
+    pub(crate) listening: Mutex<Listening>,
+    /// One channel per discovery source, for what its loop must report to it.
+    pub(crate) discovery_reports: Mutex<Vec<mpsc::Sender<DiscoveryReport>>>,
+    pub(crate) observed: Mutex<ObservedAddresses>,
+    pub(crate) address_book: Mutex<AddressBook>,
+    pub(crate) control: ControlRoutes,
+    /// Plug-ins started from the config (see `plugins.rs`).
+    pub(crate) plugins: Mutex<crate::plugins::Started>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    pub(crate) fn new(
+        identity: Identity,
+        config: ServiceConfig,
+        transports: Vec<Arc<dyn Transport>>,
+        events: Arc<EventQueue>,
+    ) -> Self {
+        Node {
+            registry: Mutex::new(Registry::new(identity.peer_id(), config.max_peers)),
+            address_book: Mutex::new(AddressBook::new(config.address_book_capacity)),
+            identity,
+            config,
+            transports,
+            registry_changed: Notify::new(),
+            events,
+            shutdown: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            next_connection_id: AtomicU64::new(1),
+            listening: Mutex::new(Listening::default()),
+            discovery_reports: Mutex::new(Vec::new()),
+            observed: Mutex::new(ObservedAddresses::default()),
+            control: ControlRoutes::default(),
+            plugins: Mutex::new(crate::plugins::Started::default()),
+        }
+    }
+
+    pub(crate) fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry<ConnHandle>> {
+        lock(&self.registry)
+    }
+
+    pub(crate) fn listening(&self) -> MutexGuard<'_, Listening> {
+        lock(&self.listening)
+    }
+
+    pub(crate) fn observed(&self) -> MutexGuard<'_, ObservedAddresses> {
+        lock(&self.observed)
+    }
+
+    pub(crate) fn address_book(&self) -> MutexGuard<'_, AddressBook> {
+        lock(&self.address_book)
+    }
+
+    pub(crate) fn plugins(&self) -> MutexGuard<'_, crate::plugins::Started> {
+        lock(&self.plugins)
+    }
+
+    pub(crate) fn next_connection_id(&self) -> ConnId {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn transport_for(&self, protocol: Protocol) -> Option<Arc<dyn Transport>> {
+        self.transports
+            .iter()
+            .find(|t| t.protocol() == protocol)
+            .cloned()
+    }
+
+    /// Hands events to the application, waiting for room (backpressure on what peers do).
+    pub(crate) async fn emit_wait(&self, events: Vec<Event>) -> bool {
+        self.events.push_wait(events, &self.shutdown).await
+    }
+
+    /// Hands an event to the application at once (for what the application's calls do).
+    pub(crate) fn emit_now(&self, event: Event) {
+        self.events.push_now(vec![event]);
+    }
+
+    /// Tells every discovery source about a direct connection or the loss of all peers.
+    pub(crate) fn report_to_discovery(&self, report: DiscoveryReport) {
+        let channels = lock(&self.discovery_reports);
+        for channel in channels.iter() {
+            if channel.try_send(report).is_err() {
+                tracing::debug!(
+                    ?report,
+                    "discovery source is not keeping up; report dropped"
+                );
+            }
+        }
+    }
+
+    /// Everything that follows once `peer` is gone from the registry: its observation is
+    /// forgotten, waiting senders re-check, the application hears why (unless we are
+    /// shutting down), and discovery hears when no peer is left.
+    pub(crate) fn peer_removed(&self, peer: PeerId, reason: LostReason, none_left: bool) {
+        self.observed().forget(peer);
+        self.control.peer_gone(peer);
+        self.registry_changed.notify_waiters();
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        tracing::info!(%peer, %reason, "lost peer");
+        self.emit_now(Event::LostPeer { peer, reason });
+        if none_left {
+            self.report_to_discovery(DiscoveryReport::AllPeersLost);
+        }
+    }
+
+    /// Closes every connection to `peer` gracefully. Returns whether it was connected.
+    pub(crate) async fn disconnect(&self, peer: PeerId) -> bool {
+        let (connections, none_left) = {
+            let mut registry = self.registry();
+            let connections = registry.remove(peer);
+            (connections, registry.is_empty())
+        };
+        let Some(connections) = connections else {
+            return false;
+        };
+        self.peer_removed(peer, LostReason::Disconnected, none_left);
+        futures::future::join_all(connections.iter().map(|c| c.sender.close())).await;
+        true
+    }
+
+    /// Bans peers for the rest of the session and aborts their connections.
+    pub(crate) fn ban(&self, peers: impl IntoIterator<Item = PeerId>, reason: LostReason) {
+        for peer in peers {
+            let outcome = self.registry().ban(peer);
+            for connection in &outcome.connections {
+                connection.sender.abort();
+            }
+            if outcome.newly_banned {
+                tracing::info!(%peer, "banned");
+                self.emit_now(Event::PeerBanned { peer });
+            }
+            if !outcome.connections.is_empty() {
+                self.peer_removed(peer, reason.clone(), outcome.none_left);
+            }
+        }
+    }
+
+    /// Every peer's active connection.
+    pub(crate) fn active_connections(&self) -> Vec<(PeerId, ConnHandle)> {
+        self.registry()
+            .active_connections()
+            .map(|(peer, handle)| (peer, handle.clone()))
+            .collect()
+    }
+
+    /// Every known address, for [`Service::known_peers`](crate::Service::known_peers).
+    pub(crate) fn known_peers(&self) -> Vec<crust_core::PeerAddr> {
+        self.address_book().all()
+    }
+
+    /// The observed-address tally.
+    pub(crate) fn observed_tally(&self) -> Vec<(Endpoint, usize)> {
+        self.observed().tally()
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.identity.peer_id())
+            .finish_non_exhaustive()
+    }
+}

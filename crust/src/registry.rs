@@ -1,0 +1,656 @@
+//! The peer registry: which connections exist to which peer, which one carries our sends,
+//! and every admission rule (bans, the peer limit, one connection per pair of nodes).
+//!
+//! Pure state, quinn-proto style: no sockets, no tasks, no clock. The async code feeds it
+//! what happened ([`Registry::admit`], [`Registry::mark_superseded`],
+//! [`Registry::connection_ended`], …) and carries out the decisions it returns (abort this
+//! connection, retire that one with a `Superseded` notice, report a lost peer). The handle
+//! type `H` is whatever the caller needs to act on a connection; the tests use plain
+//! numbers.
+//!
+//! ## The one-connection-per-pair rule
+//!
+//! When a second connection to a peer arrives:
+//!
+//! - dialled by different sides (simultaneous dial): both sides keep the one dialled by the
+//!   smaller `PeerId`. Only the side that dialled the loser ends it, and only once it holds
+//!   the winner, announcing `Superseded` first, so the other side never takes the end for a
+//!   lost peer;
+//! - dialled by the same side: the dialler keeps its active one and retires the new one the
+//!   same way; the accepting side makes the newest active (a restarted peer's old
+//!   connection is likely dead) and keeps the previous one as a standby.
+//!
+//! Retired connections are drained in both directions, so no message is lost.
+
+use std::collections::{HashMap, HashSet};
+
+use crust_core::{Direction, PeerId};
+
+/// Identifies one connection for the lifetime of a service.
+pub(crate) type ConnId = u64;
+
+/// Extra connections (duplicates being drained, standbys) kept per peer beyond the active one.
+pub(crate) const MAX_EXTRA_CONNECTIONS: usize = 4;
+
+/// Why a connection was not admitted. The caller aborts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The peer is banned for this session.
+    Banned,
+    /// The connection leads to ourselves.
+    SelfConnect,
+    /// The peer limit is reached (the limit).
+    PeerLimit(usize),
+    /// The service is shutting down.
+    ShuttingDown,
+}
+
+/// What the registry decided about a new connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission<H> {
+    /// Refused: abort the connection.
+    Refused(Refusal),
+    /// A peer we had no connection to: report a new peer.
+    NewPeer,
+    /// The successor of a superseded connection: it simply takes over.
+    Successor,
+    /// A duplicate of an existing connection.
+    Duplicate {
+        /// The connection we end ourselves (with a `Superseded` notice first), if any.
+        retire: Option<H>,
+        /// When the resolution is worth reporting: the direction of the connection kept.
+        kept: Option<Direction>,
+        /// Extra connections beyond [`MAX_EXTRA_CONNECTIONS`], oldest first: abort them.
+        abort: Vec<H>,
+    },
+}
+
+/// What follows from a connection ending.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended<H> {
+    /// Nothing to report: the connection was not registered, was an extra one, or a live
+    /// standby took over.
+    Nothing,
+    /// The peer superseded this connection; its successor has not arrived yet. Call
+    /// [`Registry::successor_overdue`] when the wait is over.
+    AwaitSuccessor,
+    /// The peer is gone: abort `abort` (extra connections) and report the loss.
+    Lost {
+        /// Remaining extra connections of the peer.
+        abort: Vec<H>,
+        /// No peer is connected any more.
+        none_left: bool,
+    },
+}
+
+/// What a ban did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BanOutcome<H> {
+    /// The peer was not banned before.
+    pub(crate) newly_banned: bool,
+    /// The peer's connections, which must be aborted (empty when it was not connected).
+    pub(crate) connections: Vec<H>,
+    /// The peer was connected and no peer is connected any more.
+    pub(crate) none_left: bool,
+}
+
+struct Slot<H> {
+    id: ConnId,
+    direction: Direction,
+    /// The peer announced that it ends this connection in favour of another one.
+    superseded: bool,
+    handle: H,
+}
+
+/// The connections to one peer: `active` carries our sends; `others` are duplicates being
+/// drained after a tie-break, or standbys the dialling side has not resolved yet.
+struct PeerEntry<H> {
+    active: Slot<H>,
+    others: Vec<Slot<H>>,
+    /// The active connection was superseded by the peer and has ended; its successor has
+    /// not registered yet.
+    awaiting_successor: bool,
+}
+
+/// The peer table with its rules. See the module docs.
+pub(crate) struct Registry<H> {
+    us: PeerId,
+    max_peers: usize,
+    peers: HashMap<PeerId, PeerEntry<H>>,
+    banned: HashSet<PeerId>,
+    shutting_down: bool,
+}
+
+impl<H: Clone> Registry<H> {
+    /// An empty registry for the node `us`, admitting at most `max_peers` peers.
+    pub(crate) fn new(us: PeerId, max_peers: usize) -> Self {
+        Registry {
+            us,
+            max_peers,
+            peers: HashMap::new(),
+            banned: HashSet::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Decides about an authenticated connection `id` to `peer`.
+    pub(crate) fn admit(
+        &mut self,
+        peer: PeerId,
+        id: ConnId,
+        direction: Direction,
+        handle: H,
+    ) -> Admission<H> {
+        if self.shutting_down {
+            return Admission::Refused(Refusal::ShuttingDown);
+        }
+        if peer == self.us {
+            return Admission::Refused(Refusal::SelfConnect);
+        }
+        if self.banned.contains(&peer) {
+            return Admission::Refused(Refusal::Banned);
+        }
+        let slot = Slot {
+            id,
+            direction,
+            superseded: false,
+            handle,
+        };
+        let peers_len = self.peers.len();
+        match self.peers.get_mut(&peer) {
+            None if peers_len >= self.max_peers => {
+                Admission::Refused(Refusal::PeerLimit(self.max_peers))
+            }
+            None => {
+                self.peers.insert(
+                    peer,
+                    PeerEntry {
+                        active: slot,
+                        others: Vec::new(),
+                        awaiting_successor: false,
+                    },
+                );
+                Admission::NewPeer
+            }
+            Some(entry) if entry.awaiting_successor => {
+                entry.awaiting_successor = false;
+                entry.active = slot;
+                Admission::Successor
+            }
+            Some(entry) => {
+                let (retire, kept) = resolve_duplicate(entry, slot, self.us, peer);
+                let mut abort = Vec::new();
+                while entry.others.len() > MAX_EXTRA_CONNECTIONS {
+                    abort.push(entry.others.remove(0).handle);
+                }
+                Admission::Duplicate {
+                    retire,
+                    kept,
+                    abort,
+                }
+            }
+        }
+    }
+
+    /// The peer announced on connection `id` that it ends it in favour of another one.
+    pub(crate) fn mark_superseded(&mut self, peer: PeerId, id: ConnId) {
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            for slot in std::iter::once(&mut entry.active).chain(entry.others.iter_mut()) {
+                if slot.id == id {
+                    slot.superseded = true;
+                }
+            }
+        }
+    }
+
+    /// Connection `id` to `peer` has ended (for whatever reason).
+    pub(crate) fn connection_ended(&mut self, peer: PeerId, id: ConnId) -> Ended<H> {
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return Ended::Nothing;
+        };
+        if entry.active.id != id {
+            entry.others.retain(|slot| slot.id != id);
+            return Ended::Nothing;
+        }
+        if entry.awaiting_successor {
+            return Ended::AwaitSuccessor;
+        }
+        if let Some(i) = entry.others.iter().position(|slot| !slot.superseded) {
+            // Promote a live standby.
+            entry.active = entry.others.remove(i);
+            return Ended::Nothing;
+        }
+        if entry.active.superseded {
+            entry.awaiting_successor = true;
+            return Ended::AwaitSuccessor;
+        }
+        // The active connection has ended already: only the others are left to abort.
+        let abort = self
+            .remove(peer)
+            .map(|all| all.into_iter().skip(1).collect())
+            .unwrap_or_default();
+        Ended::Lost {
+            abort,
+            none_left: self.peers.is_empty(),
+        }
+    }
+
+    /// The wait for the successor of superseded connection `id` is over. Returns the peer's
+    /// remaining connections (to abort) if the peer is now lost, `None` if a successor
+    /// arrived in time (or the peer was removed otherwise).
+    pub(crate) fn successor_overdue(&mut self, peer: PeerId, id: ConnId) -> Option<Vec<H>> {
+        let waiting = matches!(
+            self.peers.get(&peer),
+            Some(entry) if entry.awaiting_successor && entry.active.id == id
+        );
+        if waiting { self.remove(peer) } else { None }
+    }
+
+    /// Removes `peer` (disconnect): returns every connection to it, active first.
+    pub(crate) fn remove(&mut self, peer: PeerId) -> Option<Vec<H>> {
+        let entry = self.peers.remove(&peer)?;
+        let mut all = vec![entry.active.handle];
+        all.extend(entry.others.into_iter().map(|slot| slot.handle));
+        Some(all)
+    }
+
+    /// Bans `peer` for the rest of the session and removes it.
+    pub(crate) fn ban(&mut self, peer: PeerId) -> BanOutcome<H> {
+        let newly_banned = self.banned.insert(peer);
+        let connections = self.remove(peer).unwrap_or_default();
+        BanOutcome {
+            newly_banned,
+            none_left: !connections.is_empty() && self.peers.is_empty(),
+            connections,
+        }
+    }
+
+    /// Refuses every new connection from now on and returns every connection, to close.
+    pub(crate) fn shut_down(&mut self) -> Vec<H> {
+        self.shutting_down = true;
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        peers
+            .into_iter()
+            .flat_map(|peer| self.remove(peer).unwrap_or_default())
+            .collect()
+    }
+
+    /// Every connection of every peer (for an abort on drop).
+    pub(crate) fn all_connections(&self) -> impl Iterator<Item = &H> {
+        self.peers.values().flat_map(|entry| {
+            std::iter::once(&entry.active.handle).chain(entry.others.iter().map(|s| &s.handle))
+        })
+    }
+
+    /// The connection that carries our sends to `peer`, with its id.
+    pub(crate) fn active(&self, peer: PeerId) -> Option<(ConnId, &H)> {
+        self.peers
+            .get(&peer)
+            .map(|entry| (entry.active.id, &entry.active.handle))
+    }
+
+    /// The active connection of every peer.
+    pub(crate) fn active_connections(&self) -> impl Iterator<Item = (PeerId, &H)> {
+        self.peers
+            .iter()
+            .map(|(peer, entry)| (*peer, &entry.active.handle))
+    }
+
+    /// True when `peer` is registered (connected, or waiting for a successor connection).
+    pub(crate) fn contains(&self, peer: PeerId) -> bool {
+        self.peers.contains_key(&peer)
+    }
+
+    /// True when `peer` is banned.
+    pub(crate) fn is_banned(&self, peer: PeerId) -> bool {
+        self.banned.contains(&peer)
+    }
+
+    /// True when no peer is registered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// How many peers are registered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.peers.len()
+    }
+}
+
+/// The side that dialled a connection of `direction` (from our side) with `peer`.
+fn dialer(direction: Direction, us: PeerId, peer: PeerId) -> PeerId {
+    match direction {
+        Direction::Outbound => us,
+        Direction::Inbound => peer,
+    }
+}
+
+/// Applies the one-connection-per-pair rule to `new` (see the module docs). Returns the
+/// connection to retire ourselves, and the kept direction when worth reporting.
+fn resolve_duplicate<H: Clone>(
+    entry: &mut PeerEntry<H>,
+    new: Slot<H>,
+    us: PeerId,
+    peer: PeerId,
+) -> (Option<H>, Option<Direction>) {
+    let active_dialer = dialer(entry.active.direction, us, peer);
+    let new_dialer = dialer(new.direction, us, peer);
+    if active_dialer != new_dialer {
+        let loser = if new_dialer < active_dialer {
+            std::mem::replace(&mut entry.active, new)
+        } else {
+            new
+        };
+        let retire = (loser.direction == Direction::Outbound).then(|| loser.handle.clone());
+        entry.others.push(loser);
+        (retire, Some(entry.active.direction))
+    } else if new_dialer == us {
+        let retire = new.handle.clone();
+        entry.others.push(new);
+        (Some(retire), None)
+    } else {
+        let old = std::mem::replace(&mut entry.active, new);
+        entry.others.push(old);
+        (None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Direction::{Inbound, Outbound};
+
+    /// Two ids with a known order, and a third node.
+    fn ids() -> (PeerId, PeerId) {
+        let a = PeerId::from_bytes([1; 32]);
+        let b = PeerId::from_bytes([2; 32]);
+        assert!(a < b);
+        (a, b)
+    }
+
+    fn registry(us: PeerId) -> Registry<ConnId> {
+        Registry::new(us, 10)
+    }
+
+    #[test]
+    fn new_peer_then_lost() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        assert_eq!(r.admit(peer, 1, Outbound, 1), Admission::NewPeer);
+        assert_eq!(r.active(peer), Some((1, &1)));
+        assert_eq!(
+            r.connection_ended(peer, 1),
+            Ended::Lost {
+                abort: vec![],
+                none_left: true
+            }
+        );
+        assert!(!r.contains(peer));
+        // A late end report changes nothing.
+        assert_eq!(r.connection_ended(peer, 1), Ended::Nothing);
+    }
+
+    /// Simultaneous dial, seen from both nodes, in both arrival orders: both keep the
+    /// connection dialled by the smaller id, and only the dialler of the loser retires it.
+    #[test]
+    fn simultaneous_dial_every_order() {
+        let (small, big) = ids();
+        // Connection 1 dialled by `small`, connection 2 dialled by `big`.
+        for (us, peer) in [(small, big), (big, small)] {
+            let dir_of = |dialler: PeerId| if dialler == us { Outbound } else { Inbound };
+            let winner_dir = dir_of(small);
+            let loser_dir = dir_of(big);
+            for order in [[1u64, 2], [2, 1]] {
+                let mut r = registry(us);
+                let dir = |id: u64| if id == 1 { winner_dir } else { loser_dir };
+                assert_eq!(
+                    r.admit(peer, order[0], dir(order[0]), order[0]),
+                    Admission::NewPeer
+                );
+                let second = r.admit(peer, order[1], dir(order[1]), order[1]);
+                let we_dialled_loser = loser_dir == Outbound;
+                assert_eq!(
+                    second,
+                    Admission::Duplicate {
+                        retire: we_dialled_loser.then_some(2),
+                        kept: Some(winner_dir),
+                        abort: vec![],
+                    },
+                    "us={us:?} order={order:?}"
+                );
+                assert_eq!(r.active(peer).map(|(id, _)| id), Some(1));
+                // The loser drains and ends: nothing to report.
+                assert_eq!(r.connection_ended(peer, 2), Ended::Nothing);
+                assert_eq!(r.active(peer).map(|(id, _)| id), Some(1));
+            }
+        }
+    }
+
+    #[test]
+    fn same_side_duplicates() {
+        let (us, peer) = ids();
+        // We dialled twice: keep the first, retire the second.
+        let mut r = registry(us);
+        r.admit(peer, 1, Outbound, 1);
+        assert_eq!(
+            r.admit(peer, 2, Outbound, 2),
+            Admission::Duplicate {
+                retire: Some(2),
+                kept: None,
+                abort: vec![]
+            }
+        );
+        assert_eq!(r.active(peer).map(|(id, _)| id), Some(1));
+        // The peer dialled twice: the newest becomes active, the old one a standby.
+        let mut r = registry(us);
+        r.admit(peer, 1, Inbound, 1);
+        assert_eq!(
+            r.admit(peer, 2, Inbound, 2),
+            Admission::Duplicate {
+                retire: None,
+                kept: None,
+                abort: vec![]
+            }
+        );
+        assert_eq!(r.active(peer).map(|(id, _)| id), Some(2));
+        // The new active one dies (restarted peer's old socket, or crash): the standby
+        // takes over, no loss reported.
+        assert_eq!(r.connection_ended(peer, 2), Ended::Nothing);
+        assert_eq!(r.active(peer).map(|(id, _)| id), Some(1));
+    }
+
+    #[test]
+    fn superseded_waits_for_successor() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        r.admit(peer, 1, Inbound, 1);
+        r.mark_superseded(peer, 1);
+        assert_eq!(r.connection_ended(peer, 1), Ended::AwaitSuccessor);
+        assert!(r.contains(peer), "still registered while waiting");
+        assert_eq!(r.admit(peer, 2, Inbound, 2), Admission::Successor);
+        assert_eq!(r.active(peer).map(|(id, _)| id), Some(2));
+        // The timer for connection 1 fires late: nothing happens.
+        assert_eq!(r.successor_overdue(peer, 1), None);
+        assert!(r.contains(peer));
+    }
+
+    #[test]
+    fn superseded_never_replaced_is_lost() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        r.admit(peer, 1, Inbound, 1);
+        r.mark_superseded(peer, 1);
+        assert_eq!(r.connection_ended(peer, 1), Ended::AwaitSuccessor);
+        assert_eq!(r.successor_overdue(peer, 1), Some(vec![1]));
+        assert!(!r.contains(peer));
+    }
+
+    #[test]
+    fn superseded_standby_is_not_promoted() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        r.admit(peer, 1, Inbound, 1);
+        r.admit(peer, 2, Inbound, 2); // 2 active, 1 standby
+        r.mark_superseded(peer, 1);
+        assert_eq!(
+            r.connection_ended(peer, 2),
+            Ended::Lost {
+                abort: vec![1],
+                none_left: true
+            }
+        );
+    }
+
+    /// A crash mid-handshake never reaches the registry; a connection that ends right after
+    /// admission (crash just after the handshake) is a plain loss, and a second peer is not
+    /// affected.
+    #[test]
+    fn crash_after_handshake() {
+        let (us, peer) = ids();
+        let other = PeerId::from_bytes([3; 32]);
+        let mut r = registry(us);
+        r.admit(other, 7, Outbound, 7);
+        r.admit(peer, 1, Inbound, 1);
+        assert_eq!(
+            r.connection_ended(peer, 1),
+            Ended::Lost {
+                abort: vec![],
+                none_left: false
+            }
+        );
+        assert!(r.contains(other));
+    }
+
+    #[test]
+    fn ban_during_dial() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        // Banned while the dial is in flight: the connection it yields is refused.
+        let outcome = r.ban(peer);
+        assert!(outcome.newly_banned);
+        assert!(outcome.connections.is_empty());
+        assert!(!outcome.none_left);
+        assert_eq!(
+            r.admit(peer, 1, Outbound, 1),
+            Admission::Refused(Refusal::Banned)
+        );
+        assert!(!r.ban(peer).newly_banned);
+    }
+
+    #[test]
+    fn ban_connected_peer_returns_every_connection() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        r.admit(peer, 1, Inbound, 1);
+        r.admit(peer, 2, Inbound, 2);
+        let outcome = r.ban(peer);
+        assert_eq!(outcome.connections, vec![2, 1]);
+        assert!(outcome.none_left);
+        // The readers' end reports come later and change nothing.
+        assert_eq!(r.connection_ended(peer, 1), Ended::Nothing);
+        assert!(r.is_banned(peer));
+    }
+
+    #[test]
+    fn peer_limit() {
+        let us = PeerId::from_bytes([0; 32]);
+        let mut r = Registry::new(us, 2);
+        let p = |n: u8| PeerId::from_bytes([n; 32]);
+        assert_eq!(r.admit(p(1), 1, Inbound, 1), Admission::NewPeer);
+        assert_eq!(r.admit(p(2), 2, Inbound, 2), Admission::NewPeer);
+        assert_eq!(
+            r.admit(p(3), 3, Inbound, 3),
+            Admission::Refused(Refusal::PeerLimit(2))
+        );
+        // A duplicate of a known peer is not a new peer: not refused by the limit.
+        assert!(matches!(
+            r.admit(p(1), 4, Inbound, 4),
+            Admission::Duplicate { .. }
+        ));
+        r.connection_ended(p(2), 2);
+        assert_eq!(r.admit(p(3), 5, Inbound, 5), Admission::NewPeer);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn self_and_shutdown() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        assert_eq!(
+            r.admit(us, 1, Outbound, 1),
+            Admission::Refused(Refusal::SelfConnect)
+        );
+        r.admit(peer, 2, Outbound, 2);
+        assert_eq!(r.shut_down(), vec![2]);
+        assert_eq!(
+            r.admit(peer, 3, Outbound, 3),
+            Admission::Refused(Refusal::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn extra_connections_are_capped() {
+        let (us, peer) = ids();
+        let mut r = registry(us);
+        r.admit(peer, 0, Inbound, 0);
+        let mut aborted = Vec::new();
+        for id in 1..=10 {
+            match r.admit(peer, id, Inbound, id) {
+                Admission::Duplicate { abort, .. } => aborted.extend(abort),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // 11 connections, one active, at most 4 extra: the 6 oldest were aborted.
+        assert_eq!(aborted, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(r.active(peer).map(|(id, _)| id), Some(10));
+    }
+
+    /// Every interleaving of: our dial completes, their dial is accepted, either ends.
+    /// Invariant: while any live connection exists the peer stays registered with a live
+    /// active connection; once none is left it is reported lost exactly once.
+    #[test]
+    fn every_interleaving_keeps_invariants() {
+        let (small, big) = ids();
+        for us in [small, big] {
+            let peer = if us == small { big } else { small };
+            // Events: A = admit conn 1 (outbound), B = admit conn 2 (inbound),
+            // a = conn 1 ends, b = conn 2 ends. Each end happens after its admit.
+            let sequences = ["ABab", "ABba", "AaBb", "BAab", "BAba", "BbAa", "AB", "BA"];
+            for seq in sequences {
+                let mut r = registry(us);
+                let mut live: Vec<ConnId> = Vec::new();
+                let mut lost = 0;
+                for step in seq.chars() {
+                    match step {
+                        'A' => {
+                            r.admit(peer, 1, Outbound, 1);
+                            live.push(1);
+                        }
+                        'B' => {
+                            r.admit(peer, 2, Inbound, 2);
+                            live.push(2);
+                        }
+                        'a' | 'b' => {
+                            let id = if step == 'a' { 1 } else { 2 };
+                            live.retain(|l| *l != id);
+                            if let Ended::Lost { .. } = r.connection_ended(peer, id) {
+                                lost += 1;
+                            }
+                        }
+                        _ => unreachable!(),
+                    }
+                    if live.is_empty() {
+                        assert!(!r.contains(peer), "{seq}: registered with no connection");
+                    } else {
+                        let (active, _) = r.active(peer).expect("registered");
+                        assert!(live.contains(&active), "{seq}: dead connection active");
+                    }
+                }
+                let expected_lost = usize::from(live.is_empty() && seq.len() == 4)
+                    + usize::from(seq == "AaBb" || seq == "BbAa");
+                assert_eq!(lost, expected_lost, "{seq}");
+            }
+        }
+    }
+}
