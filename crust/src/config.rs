@@ -98,7 +98,8 @@ pub struct ServiceConfig {
     /// What to do with peers over the limit. Default [`FloodAction::Ban`].
     pub flood_action: FloodAction,
     /// Events buffered for the application before readers wait (backpressure, never loss).
-    /// Default 4096; at least 64.
+    /// Default 4096; at least 1. Events caused by the application's own calls (`connect`,
+    /// `disconnect`, `ban`) never wait and may exceed it.
     pub event_queue_len: usize,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
@@ -222,9 +223,9 @@ impl ServiceConfig {
         self
     }
 
-    /// Sets [`ServiceConfig::event_queue_len`] (at least 64).
+    /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
     pub fn with_event_queue_len(mut self, len: usize) -> Self {
-        self.event_queue_len = len.max(64);
+        self.event_queue_len = len.max(1);
         self
     }
 

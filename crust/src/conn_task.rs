@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::config::FloodAction;
 use crate::liveness::{Liveness, LivenessAction, decode_nonce, encode_nonce};
-use crate::node::{ConnHandle, DiscoveryReport, Node};
+use crate::node::{ConnHandle, DiscoveryReport, MANUAL_PING_BIT, Node};
 use crate::observed::usable_observed_address;
 use crate::rate::{Exceeded, RateMeter};
 use crate::reason::{FloodLimit, LostReason};
@@ -46,6 +46,7 @@ impl Node {
             sender,
             rtt_micros: Arc::new(AtomicU64::new(0)),
             since: Instant::now(),
+            manual_pings: Arc::default(),
         };
         let info = handle.sender.info().clone();
         let admission = self
@@ -163,7 +164,7 @@ impl Node {
             self.config.ping_interval,
             self.config.ping_timeout,
             start,
-            handle.id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            handle.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) & !MANUAL_PING_BIT,
         );
         let timer = tokio::time::sleep_until(start.into());
         tokio::pin!(timer);
@@ -238,7 +239,11 @@ impl Node {
                         handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
                     }
                     FrameKind::Pong => {
-                        if let Some(nonce) = decode_nonce(&frame.payload) {
+                        if let Some(nonce) = decode_nonce(&frame.payload)
+                            .filter(|nonce| nonce & MANUAL_PING_BIT != 0)
+                        {
+                            answer_manual_ping(handle, nonce);
+                        } else if let Some(nonce) = decode_nonce(&frame.payload) {
                             if liveness.on_pong(nonce, Instant::now()).is_some() {
                                 if let Some(rtt) = liveness.rtt() {
                                     let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
@@ -332,5 +337,17 @@ impl Node {
                 self.peer_removed(peer, reason, none_left);
             }
         }
+    }
+}
+
+/// Hands the round-trip time to the application ping waiting for `nonce`, if any.
+fn answer_manual_ping(handle: &ConnHandle, nonce: u64) {
+    let mut pings = handle
+        .manual_pings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = pings.iter().position(|ping| ping.nonce == nonce) {
+        let ping = pings.swap_remove(i);
+        let _ = ping.answer.send(ping.sent.elapsed());
     }
 }

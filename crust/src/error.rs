@@ -43,6 +43,12 @@ pub enum Error {
     /// channel already has it.
     #[error("frame kind {0:?} is not available for a control channel")]
     ControlKindUnavailable(FrameKind),
+    /// [`Service::ping`](crate::Service::ping): no pong within this time.
+    #[error("no answer to our ping within {} s", .0.as_secs_f64())]
+    PingTimeout(std::time::Duration),
+    /// [`Service::ping`](crate::Service::ping): this many pings already wait for an answer.
+    #[error("{0} pings to this peer already wait for an answer")]
+    TooManyPings(usize),
     /// The service has been shut down.
     #[error("service is shut down")]
     Shutdown,

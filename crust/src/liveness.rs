@@ -85,7 +85,8 @@ impl Liveness {
         }
         if now >= self.next_ping {
             let nonce = self.next_nonce;
-            self.next_nonce = self.next_nonce.wrapping_add(1);
+            // The top bit stays clear: it marks the application's own pings.
+            self.next_nonce = self.next_nonce.wrapping_add(1) & (u64::MAX >> 1);
             // A ping still unanswered is replaced: its pong would be ignored.
             self.outstanding = Some((nonce, now));
             self.next_ping = now + self.interval;

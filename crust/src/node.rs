@@ -33,7 +33,24 @@ pub(crate) struct ConnHandle {
     pub(crate) rtt_micros: Arc<AtomicU64>,
     /// When the connection was registered.
     pub(crate) since: Instant,
+    /// Pings the application asked for ([`Service::ping`](crate::Service::ping)), waiting
+    /// for their pongs.
+    pub(crate) manual_pings: Arc<Mutex<Vec<ManualPing>>>,
 }
+
+/// A ping the application is waiting on.
+#[derive(Debug)]
+pub(crate) struct ManualPing {
+    pub(crate) nonce: u64,
+    pub(crate) sent: Instant,
+    pub(crate) answer: tokio::sync::oneshot::Sender<Duration>,
+}
+
+/// Application pings in flight per connection; more are refused.
+pub(crate) const MAX_MANUAL_PINGS: usize = 16;
+
+/// Nonces of application pings have this bit set (liveness pings never do).
+pub(crate) const MANUAL_PING_BIT: u64 = 1 << 63;
 
 impl ConnHandle {
     pub(crate) fn rtt(&self) -> Option<Duration> {
@@ -195,7 +212,7 @@ impl Node {
     }
 
     /// Closes every connection to `peer` gracefully. Returns whether it was connected.
-    pub(crate) async fn disconnect(&self, peer: PeerId) -> bool {
+    pub(crate) fn disconnect(&self, peer: PeerId) -> bool {
         let (connections, none_left) = {
             let mut registry = self.registry();
             let connections = registry.remove(peer);
@@ -205,7 +222,11 @@ impl Node {
             return false;
         };
         self.peer_removed(peer, LostReason::Disconnected, none_left);
-        futures::future::join_all(connections.iter().map(|c| c.sender.close())).await;
+        // The graceful close (queued messages written, the peer's end awaited, bounded by
+        // the close timeout) runs in the background: the caller never waits on the peer.
+        self.tasks.spawn(async move {
+            futures::future::join_all(connections.iter().map(|c| c.sender.close())).await;
+        });
         true
     }
 

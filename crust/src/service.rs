@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::ServiceConfig;
-use crate::conn_task::{Cause, EVENT_BATCH};
+use crate::conn_task::Cause;
 use crate::control::ControlChannel;
 use crate::events::{EventQueue, Events};
-use crate::node::{DISCOVERY_REPORT_QUEUE, Node};
+use crate::node::{DISCOVERY_REPORT_QUEUE, MANUAL_PING_BIT, MAX_MANUAL_PINGS, ManualPing, Node};
 use crate::reason::{ConnectFailure, LostReason};
 use crate::{Error, Event, Result, endpoints, plugins};
 
@@ -147,7 +147,7 @@ impl Service {
             transports.into_iter().map(Arc::from).collect();
         // Stable sort: TCP first, everything else after, keeping the caller's order otherwise.
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
-        let queue = EventQueue::new(config.event_queue_len.max(EVENT_BATCH));
+        let queue = EventQueue::new(config.event_queue_len.max(1));
         let node = Arc::new(Node::new(identity, config, transports, queue.clone()));
         let events = Events::new(queue, node.stopped.clone());
         Ok((
@@ -415,6 +415,58 @@ impl Service {
         })
     }
 
+    /// Pings a connected peer and returns the round-trip time (the ping overtakes large
+    /// messages queued before it). [`Error::PingTimeout`] after
+    /// [`ServiceConfig::ping_timeout`].
+    pub async fn ping(&self, peer: PeerId) -> Result<Duration> {
+        let handle = self
+            .node
+            .registry()
+            .active(peer)
+            .map(|(_, handle)| handle.clone())
+            .ok_or(Error::NotConnected(peer))?;
+        let nonce = MANUAL_PING_BIT | self.node.next_connection_id();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        {
+            let mut pings = handle
+                .manual_pings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if pings.len() >= MAX_MANUAL_PINGS {
+                return Err(Error::TooManyPings(MAX_MANUAL_PINGS));
+            }
+            pings.push(ManualPing {
+                nonce,
+                sent: Instant::now(),
+                answer,
+            });
+        }
+        let forget = || {
+            handle
+                .manual_pings
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|ping| ping.nonce != nonce);
+        };
+        if let Err(e) = handle
+            .sender
+            .send_frame(FrameKind::Ping, crate::liveness::encode_nonce(nonce))
+            .await
+        {
+            forget();
+            return Err(e.into());
+        }
+        let timeout = self.node.config.ping_timeout;
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(rtt)) => Ok(rtt),
+            Ok(Err(_)) => Err(Error::NotConnected(peer)),
+            Err(_) => {
+                forget();
+                Err(Error::PingTimeout(timeout))
+            }
+        }
+    }
+
     /// True when `peer` is connected.
     pub fn is_connected(&self, peer: PeerId) -> bool {
         self.node.registry().contains(peer)
@@ -424,7 +476,7 @@ impl Service {
     /// Returns whether the peer was connected; emits [`Event::LostPeer`] (reason
     /// [`LostReason::Disconnected`]) if it was. Never waits for room in the event queue.
     pub async fn disconnect(&self, peer: PeerId) -> bool {
-        self.node.disconnect(peer).await
+        self.node.disconnect(peer)
     }
 
     /// Bans peers for the rest of this session: disconnects them at once and refuses them
