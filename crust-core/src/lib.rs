@@ -12,7 +12,16 @@
 //! - [`tls`]: the rustls configuration (TLS 1.3, mutual authentication, key pinning) that
 //!   every transport uses;
 //! - [`Error`]: one typed error for all of it;
-//! - with the `test-kit` feature, [`conformance`]: the cases every transport must pass.
+// The `conformance` module only exists with `test-kit`: link to it only then, so that the docs
+// also build with default features (what docs.rs builds).
+#![cfg_attr(
+    feature = "test-kit",
+    doc = "- with the `test-kit` feature, [`conformance`]: the cases every transport must pass."
+)]
+#![cfg_attr(
+    not(feature = "test-kit"),
+    doc = "- with the `test-kit` feature, `conformance`: the cases every transport must pass."
+)]
 //!
 //! ```
 //! use crust_core::{Endpoint, Identity};
