@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crust_core::{Endpoint, PeerCandidate, PeerId, Protocol};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use crate::{BeaconConfig, BeaconPacket, MAX_ENDPOINTS};
 
