@@ -12,6 +12,8 @@
 //! - [`tls`]: the rustls configuration (TLS 1.3, mutual authentication, key pinning) that
 //!   every transport uses;
 //! - [`Error`]: one typed error for all of it;
+//! - [`limits`] and [`fs`]: a token bucket, a per-address limiter and atomic file writes,
+//!   shared by the crates above;
 // The `conformance` module only exists with `test-kit`: link to it only then, so that the docs
 // also build with default features (what docs.rs builds).
 #![cfg_attr(
@@ -37,6 +39,7 @@
 mod connection;
 mod endpoint;
 mod error;
+pub mod fs;
 mod identity;
 pub mod limits;
 pub mod tls;
