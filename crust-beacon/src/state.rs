@@ -4,9 +4,10 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crust_core::limits::TokenBucket;
 use crust_core::{Endpoint, PeerCandidate, PeerId, Protocol};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 use crate::{BeaconConfig, BeaconPacket, MAX_ENDPOINTS};
 
@@ -46,12 +47,6 @@ pub struct PeerRecord {
     pub last_heard: Instant,
     session: u64,
     sequence: u64,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
 }
 
 /// The beacon protocol without sockets or clocks, in the style of `quinn-proto`: the
@@ -100,7 +95,7 @@ pub struct BeaconState {
     next_announce: Instant,
     last_announce: Option<Instant>,
     peers: HashMap<PeerId, PeerRecord>,
-    senders: HashMap<IpAddr, Bucket>,
+    senders: HashMap<IpAddr, TokenBucket>,
     last_sender_sweep: Instant,
     pending: VecDeque<PeerCandidate>,
 }
@@ -338,19 +333,14 @@ impl BeaconState {
         });
     }
 
+    /// Forgets the buckets that are full again: a new one would be the same.
     fn sweep_senders(&mut self, now: Instant) {
-        let cap = f64::from(self.config.sender_rate.max(1));
-        let rate = cap;
-        self.senders.retain(|_, b| {
-            let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
-            b.tokens + elapsed * rate < cap
-        });
+        self.senders.retain(|_, bucket| !bucket.is_full(now));
         self.last_sender_sweep = now;
     }
 
     /// Takes a token from `ip`'s bucket; false when it has none (or no bucket fits).
     fn admit(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let cap = f64::from(self.config.sender_rate.max(1));
         if !self.senders.contains_key(&ip) {
             if self.senders.len() >= self.config.max_senders
                 && now.saturating_duration_since(self.last_sender_sweep) >= Duration::from_secs(1)
@@ -360,26 +350,13 @@ impl BeaconState {
             if self.senders.len() >= self.config.max_senders {
                 return false;
             }
-            self.senders.insert(
-                ip,
-                Bucket {
-                    tokens: cap,
-                    updated: now,
-                },
-            );
+            // A burst of one second's worth, refilled at `sender_rate` per second.
+            let rate = f64::from(self.config.sender_rate.max(1));
+            self.senders.insert(ip, TokenBucket::new(rate, rate, now));
         }
-        let Some(bucket) = self.senders.get_mut(&ip) else {
-            return false;
-        };
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * cap).min(cap);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.senders
+            .get_mut(&ip)
+            .is_some_and(|bucket| bucket.try_take(now, 1.0))
     }
 }
 

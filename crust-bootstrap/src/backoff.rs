@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// How quickly the bootstrap retries, as it appears in the `"backoff"` object of the config file.
@@ -129,7 +129,8 @@ impl BackoffConfig {
 #[derive(Clone, Debug)]
 pub struct Backoff {
     config: BackoffConfig,
-    rng: StdRng,
+    /// Jitter needs no cryptographic randomness: a small, cloneable PRNG.
+    rng: SmallRng,
 }
 
 impl Backoff {
@@ -137,7 +138,7 @@ impl Backoff {
     pub fn new(config: BackoffConfig) -> Self {
         Backoff {
             config,
-            rng: StdRng::from_os_rng(),
+            rng: rand::make_rng(),
         }
     }
 
@@ -145,7 +146,7 @@ impl Backoff {
     pub fn with_seed(config: BackoffConfig, seed: u64) -> Self {
         Backoff {
             config,
-            rng: StdRng::seed_from_u64(seed),
+            rng: SmallRng::seed_from_u64(seed),
         }
     }
 

@@ -5,7 +5,7 @@
 //! from a damaged file instead of failing.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -364,41 +364,15 @@ fn move_aside(path: &Path) -> Option<PathBuf> {
     None
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory (owner-only
-/// permissions on Unix), synced, then renamed over `path`.
+/// Writes `bytes` to `path` atomically with owner-only permissions (see
+/// [`crust_core::fs::write_atomic`]).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |source: io::Error| Error::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(fail)?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".crust-bootstrap-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(fail)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(fail)?;
-    }
-    file.write_all(bytes).map_err(fail)?;
-    file.as_file().sync_all().map_err(fail)?;
-    file.persist(path).map_err(|e| fail(e.error))?;
-    #[cfg(unix)]
-    {
-        // Make the rename itself durable; failing to is not worth an error.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
+    crust_core::fs::write_atomic(path, bytes, crust_core::fs::OWNER_ONLY).map_err(|source| {
+        Error::Write {
+            path: path.to_owned(),
+            source,
         }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

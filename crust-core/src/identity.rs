@@ -2,7 +2,6 @@
 //! [`PeerId`] derived from the public key.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -199,29 +198,12 @@ impl Identity {
         }
     }
 
-    /// Writes the private key (PKCS#8 PEM) to `path` atomically, readable by the owner only.
+    /// Writes the private key (PKCS#8 PEM) to `path` atomically, readable by the owner only
+    /// (see [`crate::fs::write_atomic`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let fail =
-            |e: std::io::Error| Error::Identity(format!("cannot write {}: {e}", path.display()));
-        std::fs::create_dir_all(dir).map_err(fail)?;
-        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(fail)?;
-        }
-        file.write_all(self.inner.key_pem.as_bytes())
-            .map_err(fail)?;
-        file.as_file().sync_all().map_err(fail)?;
-        file.persist(path).map_err(|e| fail(e.error))?;
-        Ok(())
+        crate::fs::write_atomic(path, self.inner.key_pem.as_bytes(), crate::fs::OWNER_ONLY)
+            .map_err(|e| Error::Identity(format!("cannot write {}: {e}", path.display())))
     }
 
     /// This node's `PeerId`.

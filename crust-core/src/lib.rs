@@ -12,7 +12,18 @@
 //! - [`tls`]: the rustls configuration (TLS 1.3, mutual authentication, key pinning) that
 //!   every transport uses;
 //! - [`Error`]: one typed error for all of it;
-//! - with the `test-kit` feature, [`conformance`]: the cases every transport must pass.
+//! - [`limits`] and [`fs`]: a token bucket, a per-address limiter and atomic file writes,
+//!   shared by the crates above;
+// The `conformance` module only exists with `test-kit`: link to it only then, so that the docs
+// also build with default features (what docs.rs builds).
+#![cfg_attr(
+    feature = "test-kit",
+    doc = "- with the `test-kit` feature, [`conformance`]: the cases every transport must pass."
+)]
+#![cfg_attr(
+    not(feature = "test-kit"),
+    doc = "- with the `test-kit` feature, `conformance`: the cases every transport must pass."
+)]
 //!
 //! ```
 //! use crust_core::{Endpoint, Identity};
@@ -28,6 +39,7 @@
 mod connection;
 mod endpoint;
 mod error;
+pub mod fs;
 mod identity;
 pub mod limits;
 mod peer_addr;

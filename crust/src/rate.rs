@@ -3,39 +3,9 @@
 
 use std::time::Instant;
 
+use crust_core::limits::TokenBucket;
+
 use crate::config::RateLimit;
-
-/// A token bucket refilled continuously at `rate` tokens per second up to `capacity`.
-#[derive(Clone, Debug)]
-struct TokenBucket {
-    rate: f64,
-    capacity: f64,
-    tokens: f64,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, capacity: f64) -> Self {
-        TokenBucket {
-            rate,
-            capacity,
-            tokens: capacity,
-        }
-    }
-
-    fn refill(&mut self, elapsed_secs: f64) {
-        if self.capacity.is_finite() {
-            self.tokens = (self.tokens + elapsed_secs * self.rate).min(self.capacity);
-        }
-    }
-
-    fn take(&mut self, amount: f64) -> bool {
-        if !self.capacity.is_finite() {
-            return true;
-        }
-        self.tokens -= amount;
-        self.tokens >= 0.0
-    }
-}
 
 /// Which limit a peer broke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,18 +19,18 @@ pub(crate) enum Exceeded {
 pub(crate) struct RateMeter {
     messages: TokenBucket,
     bytes: TokenBucket,
-    last: Instant,
     /// Both limits are infinite: nothing to meter (and no clock to read).
     unlimited: bool,
 }
 
 impl RateMeter {
     pub(crate) fn new(limit: &RateLimit, now: Instant) -> Self {
+        let messages = TokenBucket::new(limit.messages_per_sec, limit.burst_messages, now);
+        let bytes = TokenBucket::new(limit.bytes_per_sec, limit.burst_bytes, now);
         RateMeter {
-            messages: TokenBucket::new(limit.messages_per_sec, limit.burst_messages),
-            bytes: TokenBucket::new(limit.bytes_per_sec, limit.burst_bytes),
-            last: now,
-            unlimited: !limit.burst_messages.is_finite() && !limit.burst_bytes.is_finite(),
+            unlimited: messages.is_unlimited() && bytes.is_unlimited(),
+            messages,
+            bytes,
         }
     }
 
@@ -74,12 +44,8 @@ impl RateMeter {
 
     /// Accounts one received message of `len` bytes at `now`.
     pub(crate) fn on_message_at(&mut self, now: Instant, len: usize) -> Result<(), Exceeded> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.messages.refill(elapsed);
-        self.bytes.refill(elapsed);
-        let messages_ok = self.messages.take(1.0);
-        let bytes_ok = self.bytes.take(len as f64);
+        let messages_ok = self.messages.try_take(now, 1.0);
+        let bytes_ok = self.bytes.try_take(now, len as f64);
         match (messages_ok, bytes_ok) {
             (false, _) => Err(Exceeded::Messages),
             (_, false) => Err(Exceeded::Bytes),

@@ -2,8 +2,11 @@
 //! in `.cargo/config.toml`).
 //!
 //! * `cargo xtask test [-p CRATE]...`: format check, clippy, tests (nextest
-//!   when installed, else `cargo test`), doc tests and a `cargo doc` build
-//!   with rustdoc warnings denied. Stops at the first failing step.
+//!   when installed, else `cargo test`), doc tests and `cargo doc` builds with
+//!   rustdoc warnings denied (default features, as docs.rs builds, and all
+//!   features). Stops at the first failing step. Every step but the default
+//!   `cargo doc` passes `--all-features`, which turns on `crust/cli`: the
+//!   `crust-peer` binary and its test (`crust/tests/cli.rs`) need it.
 //! * `cargo xtask ci`: exactly what CI runs, i.e. `test` on the whole
 //!   workspace.
 //! * `cargo xtask demo [ARGS]...`: runs the demo example in release mode.
@@ -163,6 +166,9 @@ impl Xtask {
     }
 
     /// The `test` task: fmt, clippy, tests, doc tests, rustdoc.
+    ///
+    /// Clippy, the tests and the doc tests run with `--all-features`, so the `crust-peer`
+    /// binary (feature `crust/cli`) is linted and its integration test runs.
     fn test(&self, args: &TestArgs) -> Result<()> {
         let start = Instant::now();
         // `--workspace`, or one `-p CRATE` per requested package.
@@ -211,11 +217,16 @@ impl Xtask {
         doctests.args(&scope).arg("--all-features");
         self.run(doctests)?;
 
-        let mut doc = self.cargo(["doc"]);
-        doc.args(&scope)
-            .args(["--no-deps", "--all-features"])
-            .env("RUSTDOCFLAGS", "-D warnings");
-        self.run(doc)?;
+        // Default features first (what docs.rs builds, and where links to feature-gated
+        // items break), then everything.
+        for features in [None, Some("--all-features")] {
+            let mut doc = self.cargo(["doc"]);
+            doc.args(&scope)
+                .arg("--no-deps")
+                .args(features)
+                .env("RUSTDOCFLAGS", "-D warnings");
+            self.run(doc)?;
+        }
 
         // The main job must keep working: run the demo (debug build, a few seconds) when
         // the whole workspace or the facade is tested.
