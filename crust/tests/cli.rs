@@ -170,6 +170,26 @@ fn two_peers_connect_and_exchange_a_message() {
     assert_eq!(message["peer"], b_id.as_str(), "{message}");
     assert_eq!(message["text"], "hello from b, with  spaces", "{message}");
 
+    // Round-trip time, the address book, and connecting by id alone.
+    b.command(&format!("ping {}", &a_id[..8]));
+    let pong = b.expect("pong", |v| v["event"] == "pong");
+    assert!(pong["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{pong}");
+    b.command("known");
+    let known = b.expect("known_peers", |v| v["event"] == "known_peers");
+    assert!(known.to_string().contains(&a_id), "{known}");
+    b.command(&format!("disconnect {}", &a_id[..8]));
+    b.expect("disconnected", |v| {
+        v["event"] == "disconnected" && v["was_connected"] == true
+    });
+    let lost = a.expect("lost_peer for b", |v| {
+        v["event"] == "lost_peer" && v["peer"] == b_id
+    });
+    assert_eq!(lost["reason_kind"], "closed_by_peer", "{lost}");
+    b.command(&format!("connect {a_id}"));
+    b.expect("connected by id", |v| {
+        v["event"] == "connected" && v["peer"] == a_id
+    });
+
     let status_b = b.quit();
     assert!(status_b.success(), "b exited with {status_b}");
     a.expect("lost_peer for b", |v| {

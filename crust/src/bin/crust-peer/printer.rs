@@ -1,0 +1,153 @@
+//! Printing events and command results as text or JSON lines.
+
+use crust::{Direction, Endpoint, Event};
+use serde_json::{Value, json};
+
+/// Prints events and command results in the chosen format.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Printer {
+    pub(crate) json: bool,
+}
+
+impl Printer {
+    /// Prints one line: `value` in JSON mode, `text` otherwise.
+    pub(crate) fn emit(&self, value: Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", event_first(value));
+        } else {
+            println!("{}", text());
+        }
+    }
+
+    pub(crate) fn error(&self, message: impl std::fmt::Display) {
+        let message = message.to_string();
+        self.emit(json!({"event": "error", "message": message}), || {
+            format!("error: {message}")
+        });
+    }
+
+    pub(crate) fn event(&self, event: &Event) {
+        match event {
+            Event::ListenerStarted { endpoint } => self.emit(
+                json!({"event": "listener_started", "endpoint": endpoint}),
+                || format!("listener-started {endpoint}"),
+            ),
+            Event::NewPeer {
+                peer,
+                endpoint,
+                direction,
+                protocol,
+            } => self.emit(
+                json!({
+                    "event": "new_peer",
+                    "peer": peer,
+                    "endpoint": endpoint,
+                    "direction": direction_str(*direction),
+                    "protocol": protocol.as_str(),
+                }),
+                || {
+                    format!(
+                        "new-peer {} {endpoint} {} {protocol}",
+                        peer.short(),
+                        direction_str(*direction)
+                    )
+                },
+            ),
+            Event::LostPeer { peer, reason } => self.emit(
+                json!({"event": "lost_peer", "peer": peer, "reason": reason.to_string(), "reason_kind": reason.kind()}),
+                || format!("lost-peer {} {:?}", peer.short(), reason.to_string()),
+            ),
+            Event::Message { peer, payload } => {
+                let text = String::from_utf8_lossy(payload);
+                self.emit(
+                    json!({"event": "message", "peer": peer, "text": text, "len": payload.len()}),
+                    || format!("message {} {text:?}", peer.short()),
+                )
+            }
+            Event::ConnectFailed {
+                endpoints,
+                peer,
+                reason,
+            } => self.emit(
+                json!({"event": "connect_failed", "endpoints": endpoints, "error": reason.to_string(), "reason_kind": reason.kind(), "peer": peer}),
+                || format!("connect-failed {} {:?}", join(endpoints), reason.to_string()),
+            ),
+            Event::DuplicateConnectionClosed { peer, kept } => self.emit(
+                json!({
+                    "event": "duplicate_connection_closed",
+                    "peer": peer,
+                    "kept": direction_str(*kept),
+                }),
+                || {
+                    format!(
+                        "duplicate-connection-closed {} kept {}",
+                        peer.short(),
+                        direction_str(*kept)
+                    )
+                },
+            ),
+            Event::FloodDetected {
+                peer,
+                limit,
+                banned,
+            } => self.emit(
+                json!({"event": "flood_detected", "peer": peer, "limit": limit.as_str(), "banned": banned}),
+                || format!("flood-detected {} {limit} banned={banned}", peer.short()),
+            ),
+            Event::PeerBanned { peer } => self
+                .emit(json!({"event": "peer_banned", "peer": peer}), || {
+                    format!("peer-banned {}", peer.short())
+                }),
+            Event::AddressObserved {
+                peer,
+                endpoint,
+                direction,
+            } => self.emit(
+                json!({"event": "address_observed", "peer": peer, "endpoint": endpoint, "direction": direction_str(*direction)}),
+                || format!("address-observed {} {endpoint} {}", peer.short(), direction_str(*direction)),
+            ),
+            Event::BootstrapConnected {
+                peer,
+                endpoint,
+                source,
+            } => self.emit(
+                json!({"event": "bootstrap_connected", "peer": peer, "endpoint": endpoint, "source": source}),
+                || format!("bootstrap-connected {} {endpoint} {source}", peer.short()),
+            ),
+            other => self.emit(
+                json!({"event": "other", "debug": format!("{other:?}")}),
+                || format!("event {other:?}"),
+            ),
+        }
+    }
+}
+
+/// Serializes a JSON object with its `"event"` key first, for readers skimming the stream.
+pub(crate) fn event_first(mut value: Value) -> String {
+    let event = value.as_object_mut().and_then(|o| o.remove("event"));
+    match event {
+        Some(event) => {
+            let rest = value.to_string();
+            match rest.strip_prefix('{') {
+                Some("}") | None => format!("{{\"event\":{event}}}"),
+                Some(rest) => format!("{{\"event\":{event},{rest}"),
+            }
+        }
+        None => value.to_string(),
+    }
+}
+
+pub(crate) fn direction_str(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
+    }
+}
+
+pub(crate) fn join(endpoints: &[Endpoint]) -> String {
+    endpoints
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
