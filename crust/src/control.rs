@@ -121,7 +121,13 @@ struct ChannelEnd {
     dropped: Arc<AtomicU64>,
 }
 
-/// A plug-in's end of one control frame kind. See the [module docs](self).
+/// A plug-in's end of one control frame kind.
+///
+/// `send` queues a frame on the peer's connection in the control lane (which never waits
+/// behind large user messages); `recv` yields the frames of this kind peers sent us. The
+/// inbound queue is bounded: frames arriving while it is full are dropped and counted
+/// ([`ControlChannel::dropped`]), so a plug-in that falls behind never stalls message
+/// delivery; control protocols retry on their own. Dropping the channel frees the kind.
 ///
 /// ```
 /// use crust::{Service, ServiceConfig, wire::FrameKind};
