@@ -113,6 +113,10 @@ pub struct ServiceConfig {
     pub ping_timeout: Duration,
     /// Peers the address book remembers (least recently seen evicted first). Default 4096.
     pub address_book_capacity: usize,
+    /// An external address peers report is believed once observers in this many distinct
+    /// networks (IPv4 /24, IPv6 /48) agree (identities are free; networks are not).
+    /// Default 2.
+    pub min_observer_networks: usize,
     /// Bootstrap from hard-coded contacts and the cache of peers reached directly in
     /// earlier sessions (see `crust-bootstrap`): started by `start_listening()`, it keeps
     /// trying with backoff until a peer answers, and starts over when every peer is lost.
@@ -144,6 +148,7 @@ impl Default for ServiceConfig {
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(8),
             address_book_capacity: 4096,
+            min_observer_networks: 2,
             bootstrap: None,
             beacon: None,
         }
@@ -259,6 +264,12 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::address_book_capacity`].
     pub fn with_address_book_capacity(mut self, capacity: usize) -> Self {
         self.address_book_capacity = capacity;
+        self
+    }
+
+    /// Sets [`ServiceConfig::min_observer_networks`] (at least 1).
+    pub fn with_min_observer_networks(mut self, networks: usize) -> Self {
+        self.min_observer_networks = networks.max(1);
         self
     }
 

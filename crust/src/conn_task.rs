@@ -158,6 +158,8 @@ impl Node {
         let peer = receiver.info().peer_id;
         let direction = receiver.info().direction;
         let protocol = receiver.info().protocol;
+        let local_addr = receiver.info().local_addr;
+        let remote_ip = receiver.info().remote_addr.ip();
         let start = Instant::now();
         let mut meter = RateMeter::new(&self.config.rate_limit, start);
         let mut liveness = Liveness::new(
@@ -266,6 +268,18 @@ impl Node {
                             }
                             Ok(addr) => {
                                 let endpoint = Endpoint::new(protocol, addr);
+                                let changed = {
+                                    let mut reachability = self.reachability();
+                                    reachability.classifier.observe(
+                                        peer,
+                                        protocol,
+                                        local_addr,
+                                        addr,
+                                        remote_ip,
+                                        Instant::now(),
+                                    );
+                                    reachability.update()
+                                };
                                 if direction == Direction::Inbound && self.registry().contains(peer)
                                 {
                                     self.observed().record(peer, endpoint);
@@ -275,6 +289,10 @@ impl Node {
                                     endpoint,
                                     direction,
                                 });
+                                if let Some(reachability) = changed {
+                                    tracing::info!(nat = %reachability.nat_type, external = ?reachability.external, "reachability changed");
+                                    batch.push(Event::ReachabilityChanged { reachability });
+                                }
                             }
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "ignoring a bad observed address")

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use crust_core::{Direction, Endpoint, PeerId, Protocol};
 
+use crate::reachability::Reachability;
 use crate::reason::{ConnectFailure, FloodLimit, LostReason};
 
 /// Something happened that the application may want to act on.
@@ -86,6 +87,12 @@ pub enum Event {
         /// this is an address at which we were reachable; `Outbound` means it is the
         /// (possibly NAT-mapped) source address of a connection we made.
         direction: Direction,
+    },
+    /// What we know about how this node can be reached changed (NAT type, external
+    /// endpoints); see [`Service::reachability`](crate::Service::reachability).
+    ReachabilityChanged {
+        /// The new state.
+        reachability: Reachability,
     },
     /// A peer was banned for the rest of the session.
     PeerBanned {

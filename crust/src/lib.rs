@@ -50,6 +50,7 @@ mod node;
 mod observed;
 mod plugins;
 mod rate;
+mod reachability;
 mod reason;
 mod registry;
 mod service;
@@ -61,6 +62,7 @@ pub use discovery_driver::DISCOVERY_CONCURRENCY;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use events::Events;
+pub use reachability::{MappingBehaviour, NatType, Reachability};
 pub use reason::{
     ConnectFailure, DialFailure, FloodLimit, LostReason, TransportErrorKind, TransportFailure,
 };

@@ -51,6 +51,16 @@ impl Node {
             tracing::info!(%endpoint, peer = %self.peer_id(), "listening");
             self.emit_now(Event::ListenerStarted { endpoint });
         }
+        let ports = bound
+            .iter()
+            .map(|ep| (ep.protocol(), ep.addr().port()))
+            .collect();
+        let local_ips = crate::endpoints::interface_addresses();
+        {
+            let mut reachability = self.reachability();
+            reachability.classifier.set_listen_ports(ports);
+            reachability.classifier.set_local_ips(local_ips);
+        }
         Ok(bound)
     }
 

@@ -21,6 +21,7 @@ use crate::config::ServiceConfig;
 use crate::control::ControlRoutes;
 use crate::events::EventQueue;
 use crate::observed::ObservedAddresses;
+use crate::reachability::{NatClassifier, Reachability};
 use crate::registry::{ConnId, Registry};
 use crate::{Event, LostReason};
 
@@ -73,6 +74,26 @@ pub(crate) enum DiscoveryReport {
 /// Reports queued for one discovery source; beyond this, reports are dropped (they are hints).
 pub(crate) const DISCOVERY_REPORT_QUEUE: usize = 256;
 
+/// The NAT classifier and the verdict last reported to the application.
+#[derive(Debug)]
+pub(crate) struct ReachabilityState {
+    pub(crate) classifier: NatClassifier,
+    pub(crate) last: Option<Reachability>,
+}
+
+impl ReachabilityState {
+    /// The verdict now, and whether it changed since last reported (then it is recorded
+    /// as reported).
+    pub(crate) fn update(&mut self) -> Option<Reachability> {
+        let now = self.classifier.classify();
+        if self.last.as_ref() == Some(&now) {
+            return None;
+        }
+        self.last = Some(now.clone());
+        Some(now)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Listening {
     pub(crate) started: bool,
@@ -101,6 +122,8 @@ pub(crate) struct Node {
     pub(crate) observed: Mutex<ObservedAddresses>,
     pub(crate) address_book: Mutex<AddressBook>,
     pub(crate) control: ControlRoutes,
+    /// NAT classification and the last verdict reported.
+    pub(crate) reachability: Mutex<ReachabilityState>,
     /// Plug-ins started from the config (see `plugins.rs`).
     pub(crate) plugins: Mutex<crate::plugins::Started>,
 }
@@ -119,6 +142,10 @@ impl Node {
         Node {
             registry: Mutex::new(Registry::new(identity.peer_id(), config.max_peers)),
             address_book: Mutex::new(AddressBook::new(config.address_book_capacity)),
+            reachability: Mutex::new(ReachabilityState {
+                classifier: NatClassifier::new(config.min_observer_networks),
+                last: None,
+            }),
             identity,
             config,
             transports,
@@ -132,6 +159,7 @@ impl Node {
             discovery_reports: Mutex::new(Vec::new()),
             observed: Mutex::new(ObservedAddresses::default()),
             control: ControlRoutes::default(),
+
             plugins: Mutex::new(crate::plugins::Started::default()),
         }
     }
@@ -154,6 +182,10 @@ impl Node {
 
     pub(crate) fn address_book(&self) -> MutexGuard<'_, AddressBook> {
         lock(&self.address_book)
+    }
+
+    pub(crate) fn reachability(&self) -> MutexGuard<'_, ReachabilityState> {
+        lock(&self.reachability)
     }
 
     pub(crate) fn plugins(&self) -> MutexGuard<'_, crate::plugins::Started> {

@@ -18,6 +18,7 @@ use crate::conn_task::Cause;
 use crate::control::ControlChannel;
 use crate::events::{EventQueue, Events};
 use crate::node::{DISCOVERY_REPORT_QUEUE, MANUAL_PING_BIT, MAX_MANUAL_PINGS, ManualPing, Node};
+use crate::reachability::Reachability;
 use crate::reason::{ConnectFailure, LostReason};
 use crate::{Error, Event, Result, endpoints, plugins};
 
@@ -202,15 +203,51 @@ impl Service {
         self.node.observed_tally()
     }
 
+    /// How this node can be reached, as far as peers' observations and port mappings tell:
+    /// NAT type, mapping behaviour, confirmed external endpoints. Changes are reported as
+    /// [`Event::ReachabilityChanged`].
+    pub fn reachability(&self) -> Reachability {
+        self.node.reachability().classifier.classify()
+    }
+
+    /// Tells the service which external endpoints a gateway maps for it now (what a
+    /// port-mapping plug-in such as `crust-nat` reports): they lead
+    /// [`Service::our_endpoints`] and make the NAT type [`NatType::Mapped`](crate::NatType::Mapped).
+    pub fn set_mapped_endpoints(&self, mapped: Vec<Endpoint>) {
+        let changed = {
+            let mut reachability = self.node.reachability();
+            reachability.classifier.set_mapped(mapped);
+            reachability.update()
+        };
+        if let Some(reachability) = changed {
+            self.node
+                .emit_now(Event::ReachabilityChanged { reachability });
+        }
+    }
+
     /// The endpoints our listeners are bound to (may be `0.0.0.0`; see [`Service::our_endpoints`]).
     pub fn listening_endpoints(&self) -> Vec<Endpoint> {
         self.node.listening().endpoints.clone()
     }
 
-    /// Every endpoint at which peers may reach us: each listener on each interface address.
-    /// Never port 0, never an unspecified address, never loopback unless
-    /// [`ServiceConfig::include_loopback`] is set.
+    /// Every endpoint at which peers may reach us, best first: external endpoints a
+    /// gateway maps for us, then external endpoints of our listening sockets that observers
+    /// in enough distinct networks confirmed ([`Service::reachability`]), then each listener
+    /// on each interface address (how peers on the same LAN, also behind the same NAT,
+    /// reach us). Never port 0, never an unspecified address, never a throw-away dial port,
+    /// never loopback unless [`ServiceConfig::include_loopback`] is set.
     pub fn our_endpoints(&self) -> Vec<Endpoint> {
+        let mut out = self.reachability().external;
+        for endpoint in self.interface_endpoints() {
+            if !out.contains(&endpoint) {
+                out.push(endpoint);
+            }
+        }
+        out
+    }
+
+    /// Our listeners on each interface address (no external endpoints).
+    pub fn interface_endpoints(&self) -> Vec<Endpoint> {
         let bound = self.listening_endpoints();
         let needs_interfaces = bound.iter().any(|ep| ep.addr().ip().is_unspecified());
         let interfaces = if needs_interfaces {

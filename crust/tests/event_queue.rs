@@ -19,7 +19,7 @@ async fn api_calls_do_not_wait_for_the_application_to_take_events() {
         peers.push(node(ServiceConfig::loopback()).await);
     }
     // This task is the one that drains events, and it is busy connecting.
-    for (peer, _) in &peers {
+    for (peer, peer_events) in &mut peers {
         let id = tokio::time::timeout(
             common::SAFETY_NET,
             a.connect(&peer.our_endpoints(), Some(peer.peer_id())),
@@ -29,6 +29,10 @@ async fn api_calls_do_not_wait_for_the_application_to_take_events() {
         .expect("connect");
         assert_eq!(id, peer.peer_id());
         // The peer talks to us meanwhile: its messages wait (backpressure), nothing is lost.
+        common::wait_for(peer_events, "the peer registers us", |e| {
+            matches!(e, Event::NewPeer { .. })
+        })
+        .await;
         peer.send(a.peer_id(), "hello".into()).await.expect("send");
     }
     let (first, _) = &peers[0];

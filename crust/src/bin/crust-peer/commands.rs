@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crust::{Endpoint, PeerAddr, PeerId, Service};
 use serde_json::{Value, json};
 
-use crate::printer::{Printer, direction_str, join};
+use crate::printer::{Printer, direction_str, join, reachability_json, reachability_text};
 
 pub(crate) const HELP: &[(&str, &str)] = &[
     (
@@ -20,6 +20,11 @@ pub(crate) const HELP: &[(&str, &str)] = &[
         "known",
         "list the address book (peers and where to reach them)",
     ),
+    (
+        "ping <peer>",
+        "measure the round-trip time to a connected peer",
+    ),
+    ("nat", "how we can be reached: NAT type, external endpoints"),
     ("send <peer> <text>", "send the rest of the line to a peer"),
     ("peers", "list connected peers"),
     ("disconnect <peer>", "close the connection to a peer"),
@@ -220,6 +225,12 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                     ));
                 }
                 out
+            });
+        }
+        "nat" => {
+            let reachability = service.reachability();
+            printer.emit(reachability_json("nat", &reachability), || {
+                format!("nat {}", reachability_text(&reachability))
             });
         }
         "ping" => {

@@ -1,6 +1,6 @@
 //! Printing events and command results as text or JSON lines.
 
-use crust::{Direction, Endpoint, Event};
+use crust::{Direction, Endpoint, Event, MappingBehaviour, Reachability};
 use serde_json::{Value, json};
 
 /// Prints events and command results in the chosen format.
@@ -114,6 +114,10 @@ impl Printer {
                 json!({"event": "bootstrap_connected", "peer": peer, "endpoint": endpoint, "source": source}),
                 || format!("bootstrap-connected {} {endpoint} {source}", peer.short()),
             ),
+            Event::ReachabilityChanged { reachability } => self.emit(
+                reachability_json("reachability_changed", reachability),
+                || format!("reachability-changed {}", reachability_text(reachability)),
+            ),
             other => self.emit(
                 json!({"event": "other", "debug": format!("{other:?}")}),
                 || format!("event {other:?}"),
@@ -150,4 +154,34 @@ pub(crate) fn join(endpoints: &[Endpoint]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The JSON form of a [`Reachability`] (`nat` command, `reachability_changed` event).
+pub(crate) fn reachability_json(event: &str, r: &Reachability) -> Value {
+    json!({
+        "event": event,
+        "nat_type": r.nat_type.as_str(),
+        "mapping": match r.mapping {
+            MappingBehaviour::EndpointIndependent => "endpoint_independent",
+            MappingBehaviour::EndpointDependent => "endpoint_dependent",
+            _ => "unknown",
+        },
+        "port_preserved": r.port_preserved,
+        "port_delta": r.port_delta,
+        "external": r.external,
+        "public_ips": r.public_ips,
+        "observer_networks": r.observer_networks,
+    })
+}
+
+/// One-line text form of a [`Reachability`].
+pub(crate) fn reachability_text(r: &Reachability) -> String {
+    let external: Vec<String> = r.external.iter().map(|e| e.to_string()).collect();
+    format!(
+        "{} external=[{}] port_preserved={:?} observer_networks={}",
+        r.nat_type,
+        external.join(" "),
+        r.port_preserved,
+        r.observer_networks
+    )
 }
