@@ -177,9 +177,32 @@ impl TcpTransport {
             .find(|a| a.is_ipv4() == remote.is_ipv4())
     }
 
+    /// Connects to `addr`, from the listening port when configured. When that port cannot
+    /// be used for this destination (the same four-tuple already exists, e.g. the peer
+    /// dialled us from its listening port to ours), falls back to an ephemeral port.
     async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream> {
-        let socket = new_socket(addr)?;
         if let Some(local) = self.listen_port_for(addr) {
+            match self.connect_from(addr, Some(local)).await {
+                Ok(stream) => return Ok(stream),
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrInUse
+                            | std::io::ErrorKind::AddrNotAvailable
+                            | std::io::ErrorKind::InvalidInput
+                    ) =>
+                {
+                    tracing::debug!(%addr, %local, error = %e, "cannot dial from the listening port; using an ephemeral one");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.connect_from(addr, None).await
+    }
+
+    async fn connect_from(&self, addr: SocketAddr, local: Option<SocketAddr>) -> Result<TcpStream> {
+        let socket = new_socket(addr)?;
+        if let Some(local) = local {
             socket.set_reuseaddr(true)?;
             socket.set_reuseport(true)?;
             socket.bind(local)?;
@@ -248,9 +271,45 @@ impl Transport for TcpTransport {
         expected: Option<PeerId>,
     ) -> Result<SecureStream> {
         let timeout = self.config.connection.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = tokio::time::timeout_at(deadline, self.handshake(addr, expected, true))
+            .await
+            .map_err(|_| Error::HandshakeTimeout(timeout))?;
+        let stream = match first {
+            // Both sides dialling from their listening ports at the same moment open one TCP
+            // connection on which both act as TLS clients (simultaneous open): that
+            // handshake fails. Try once more from an ephemeral port.
+            Err(Error::Handshake(_) | Error::NotCrust | Error::ConnectionClosed)
+                if self.listen_port_for(addr).is_some() =>
+            {
+                tracing::debug!(%addr, "handshake from the listening port failed; retrying from an ephemeral port");
+                tokio::time::timeout_at(deadline, self.handshake(addr, expected, false))
+                    .await
+                    .map_err(|_| Error::HandshakeTimeout(timeout))??
+            }
+            other => other?,
+        };
+        tracing::debug!(peer = %stream.info.peer_id, endpoint = %Endpoint::tcp(addr), "tcp connection established");
+        Ok(stream)
+    }
+}
+
+impl TcpTransport {
+    /// One TCP connect (from the listening port when configured and `from_listen_port`),
+    /// then preamble and TLS.
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+        from_listen_port: bool,
+    ) -> Result<SecureStream> {
         let (connector, verifier) = self.connector_for(expected);
-        let handshake = async {
-            let tcp = self.connect_tcp(addr).await?;
+        {
+            let tcp = if from_listen_port {
+                self.connect_tcp(addr).await?
+            } else {
+                self.connect_from(addr, None).await?
+            };
             let local_addr = tcp.local_addr()?;
             // Pipelined preamble: ours goes out with the ClientHello, and the listener's is
             // checked as the first 8 bytes TLS reads, so no round trip is spent waiting for it.
@@ -284,12 +343,7 @@ impl Transport for TcpTransport {
                 writer: Box::new(writer),
                 keep_alive: None,
             })
-        };
-        let stream = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| Error::HandshakeTimeout(timeout))??;
-        tracing::debug!(peer = %stream.info.peer_id, endpoint = %Endpoint::tcp(addr), "tcp connection established");
-        Ok(stream)
+        }
     }
 }
 

@@ -206,6 +206,36 @@ async fn dials_can_leave_from_the_listening_port() {
     drop(a_listener);
 }
 
+/// Both nodes dial from their listening ports: the second dial finds the four-tuple taken
+/// (the first connection) and leaves from an ephemeral port instead of failing.
+#[tokio::test]
+async fn a_taken_four_tuple_falls_back_to_an_ephemeral_port() {
+    let config = || TcpConfig::default().with_dial_from_listen_port(true);
+    let (a, b) = (transport(config()), transport(config()));
+    let mut a_listener = a.listen(loopback()).await.expect("listen a");
+    let mut b_listener = b.listen(loopback()).await.expect("listen b");
+    let (a_addr, b_addr) = (
+        a_listener.local_endpoint().addr(),
+        b_listener.local_endpoint().addr(),
+    );
+    let (first, accepted) = tokio::time::timeout(SAFETY_NET, async {
+        tokio::join!(a.dial(b_addr, None), b_listener.accept())
+    })
+    .await
+    .expect("safety net");
+    let (first, _accepted) = (first.expect("a dials b"), accepted.expect("b accepts"));
+    assert_eq!(first.local_addr(), a_addr);
+    // b -> a from b_addr to a_addr: the same four-tuple as the first connection.
+    let (second, accepted) = tokio::time::timeout(SAFETY_NET, async {
+        tokio::join!(b.dial(a_addr, Some(a.local_peer_id())), a_listener.accept())
+    })
+    .await
+    .expect("safety net");
+    let second = second.expect("b dials a from another port");
+    assert_ne!(second.local_addr(), b_addr);
+    assert_eq!(accepted.expect("a accepts").peer_id(), b.local_peer_id());
+}
+
 #[tokio::test]
 async fn dropping_the_listener_refuses_new_connections_at_once() {
     let server = transport(TcpConfig::default());

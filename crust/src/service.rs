@@ -93,8 +93,11 @@ impl Service {
         };
         let mut transports: Vec<Box<dyn Transport>> = Vec::new();
         if config.enable_tcp {
-            let tcp_config =
-                crust_tcp::TcpConfig::default().with_connection_config(config.connection.clone());
+            // Dialling from the listening port makes the port peers observe (and a NAT maps)
+            // the one we listen on: what NAT classification and TCP hole punching need.
+            let tcp_config = crust_tcp::TcpConfig::default()
+                .with_connection_config(config.connection.clone())
+                .with_dial_from_listen_port(true);
             transports.push(Box::new(crust_tcp::TcpTransport::new(
                 identity.clone(),
                 tcp_config,
