@@ -310,8 +310,7 @@ impl Inner {
                 return Ok(main);
             }
         }
-        let socket = std::net::UdpSocket::bind(addr)?;
-        socket.set_nonblocking(true)?;
+        let socket = bind_udp(addr)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
         let endpoint = new_endpoint(runtime.wrap_udp_socket(socket)?)?;
         endpoint.set_server_config(Some(self.server_config.clone()));
@@ -669,6 +668,19 @@ fn peer_id_of(conn: &quinn::Connection) -> Result<PeerId> {
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| Error::Handshake("unexpected peer identity type".into()))?;
     tls::peer_id_from_certificates(Some(&certs))
+}
+
+/// A non-blocking UDP socket bound to `addr`. IPv6 sockets are IPv6-only, so IPv4 and IPv6
+/// listeners can use the same port number side by side.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The source address the routing table picks to reach `remote`.

@@ -477,11 +477,15 @@ async fn accept_handshake(
     })
 }
 
+/// A socket of `addr`'s family. IPv6 sockets are IPv6-only, so an IPv4 and an IPv6
+/// listener can share a port number without the kernel splitting connections between them.
 fn new_socket(addr: SocketAddr) -> Result<TcpSocket> {
     Ok(if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
-        TcpSocket::new_v6()?
+        let socket = TcpSocket::new_v6()?;
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+        socket
     })
 }
 

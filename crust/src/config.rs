@@ -74,6 +74,11 @@ pub struct ServiceConfig {
     pub identity: Option<Identity>,
     /// Address to listen on. Default `0.0.0.0` (all IPv4 interfaces).
     pub listen_ip: IpAddr,
+    /// A second, IPv6 address to listen on beside [`ServiceConfig::listen_ip`] (on the same
+    /// port numbers when fixed ports are configured). Default `Some(::)`: every node is
+    /// dual-stack; global IPv6 addresses then appear in `our_endpoints()`. A machine without
+    /// IPv6 only logs a warning. `None` in [`ServiceConfig::loopback`].
+    pub listen_ipv6: Option<IpAddr>,
     /// TCP listening port; 0 picks a random free port. Default 0.
     pub tcp_port: u16,
     /// Reliable-UDP listening port; 0 picks a random free port. Default 0.
@@ -133,6 +138,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             identity: None,
             listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listen_ipv6: Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
             tcp_port: 0,
             rudp_port: 0,
             enable_tcp: true,
@@ -161,6 +167,7 @@ impl ServiceConfig {
     pub fn loopback() -> Self {
         ServiceConfig {
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            listen_ipv6: None,
             include_loopback: true,
             ..ServiceConfig::default()
         }
@@ -175,6 +182,12 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::listen_ip`].
     pub fn with_listen_ip(mut self, ip: IpAddr) -> Self {
         self.listen_ip = ip;
+        self
+    }
+
+    /// Sets [`ServiceConfig::listen_ipv6`] (`None`: IPv4 only).
+    pub fn with_listen_ipv6(mut self, ip: Option<IpAddr>) -> Self {
+        self.listen_ipv6 = ip;
         self
     }
 

@@ -21,7 +21,7 @@ impl Node {
             listening.started = true;
         }
         // Listen on every transport first, so that a failure leaves nothing running.
-        let mut listeners = Vec::with_capacity(self.transports.len());
+        let mut listeners = Vec::with_capacity(self.transports.len() * 2);
         for transport in &self.transports {
             let port = match transport.protocol() {
                 Protocol::Tcp => self.config.tcp_port,
@@ -35,6 +35,26 @@ impl Node {
                     drop(listeners);
                     self.listening().started = false;
                     return Err(e.into());
+                }
+            }
+        }
+        // The second address family is best effort: a host without IPv6 still runs.
+        if let Some(ip) = self
+            .config
+            .listen_ipv6
+            .filter(|ip| *ip != self.config.listen_ip)
+        {
+            for transport in &self.transports {
+                let port = match transport.protocol() {
+                    Protocol::Tcp => self.config.tcp_port,
+                    Protocol::Rudp => self.config.rudp_port,
+                    _ => 0,
+                };
+                match transport.listen(SocketAddr::new(ip, port)).await {
+                    Ok(listener) => listeners.push(listener),
+                    Err(e) => {
+                        tracing::warn!(%ip, protocol = %transport.protocol(), error = %e, "cannot listen on the second address (no IPv6 here?); continuing without it");
+                    }
                 }
             }
         }

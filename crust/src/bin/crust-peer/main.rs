@@ -86,6 +86,13 @@ struct Args {
     /// Address to listen on (default 0.0.0.0, or 127.0.0.1 with --loopback).
     #[arg(long)]
     listen_ip: Option<IpAddr>,
+    /// A second, IPv6 address to listen on (default `::` unless --listen-ip or --loopback
+    /// is given; e.g. `::1` with --loopback).
+    #[arg(long)]
+    listen_ipv6: Option<IpAddr>,
+    /// Do not listen on IPv6.
+    #[arg(long)]
+    no_ipv6: bool,
     /// Listen on 127.0.0.1 and report loopback endpoints (single-machine use).
     #[arg(long)]
     loopback: bool,
@@ -121,8 +128,18 @@ fn config_from(args: &Args) -> anyhow::Result<ServiceConfig> {
     } else {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     };
+    // Dual-stack by default; an explicit address or --loopback means that address only,
+    // unless an IPv6 one is named too.
+    let default_ipv6 = (args.listen_ip.is_none() && !args.loopback)
+        .then_some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let listen_ipv6 = if args.no_ipv6 {
+        None
+    } else {
+        args.listen_ipv6.or(default_ipv6)
+    };
     let mut config = ServiceConfig::default()
         .with_listen_ip(args.listen_ip.unwrap_or(default_ip))
+        .with_listen_ipv6(listen_ipv6)
         .with_ports(args.tcp_port, args.rudp_port)
         .with_tcp(!args.no_tcp)
         .with_rudp(!args.no_rudp)
