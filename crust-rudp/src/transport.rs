@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::RudpConfig;
+use crate::probe::{ProbeReceiver, ProbeSocket};
 use crate::stream::{DialReader, QuicWriter};
 
 /// QUIC application error code sent when the peer's stream-open preamble is unacceptable.
@@ -45,6 +46,27 @@ struct Inner {
     endpoints: Mutex<Endpoints>,
     /// Source address the routing table picks per remote IP, for dials from a wildcard socket.
     source_ips: Mutex<HashMap<IpAddr, (IpAddr, Instant)>>,
+    /// Probe datagrams that reach the main socket, until someone takes them.
+    probes: ProbeSource,
+}
+
+/// Where the probe datagrams of a transport's main socket (the one it listens on and dials
+/// from) can be taken, once that socket exists. See [`crate::probe`].
+#[derive(Clone, Debug, Default)]
+pub struct ProbeSource {
+    slot: Arc<Mutex<Option<ProbeReceiver>>>,
+}
+
+impl ProbeSource {
+    /// The receiver of the main socket's probes, once the socket is bound (after the first
+    /// `listen`); `None` before that or when it was already taken.
+    pub fn take(&self) -> Option<ProbeReceiver> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn offer(&self, receiver: ProbeReceiver) {
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(receiver);
+    }
 }
 
 /// How long a cached routing decision (source address towards a remote IP) is trusted.
@@ -202,6 +224,13 @@ impl RudpTransport {
         })
     }
 
+    /// Where to take the probe datagrams that reach this transport's main socket (see
+    /// [`crate::probe`]). Keep it before boxing the transport; the receiver appears once
+    /// the first `listen` bound the socket.
+    pub fn probe_source(&self) -> ProbeSource {
+        self.inner.probes.clone()
+    }
+
     /// The configuration this transport was built with.
     pub fn config(&self) -> &RudpConfig {
         &self.inner.config
@@ -280,6 +309,7 @@ impl Inner {
             any_peer_client,
             endpoints: Mutex::new(Endpoints::default()),
             source_ips: Mutex::new(HashMap::new()),
+            probes: ProbeSource::default(),
         })
     }
 
@@ -312,9 +342,17 @@ impl Inner {
         }
         let socket = bind_udp(addr)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let endpoint = new_endpoint(runtime.wrap_udp_socket(socket)?)?;
-        endpoint.set_server_config(Some(self.server_config.clone()));
         let is_main = endpoints.main.is_none();
+        let socket = runtime.wrap_udp_socket(socket)?;
+        let endpoint = if is_main {
+            // The main socket is the one peers observe: probes to it tell how a NAT filters.
+            let (socket, probes) = ProbeSocket::wrap(socket);
+            self.probes.offer(probes);
+            new_endpoint(socket)?
+        } else {
+            new_endpoint(socket)?
+        };
+        endpoint.set_server_config(Some(self.server_config.clone()));
         let slot = Slot::new(endpoint, true, is_main);
         if is_main {
             // From now on we dial from the port we listen on.
