@@ -154,7 +154,11 @@ impl Node {
         self.connection_ended(&handle, reason).await;
     }
 
-    async fn read_loop(&self, handle: &ConnHandle, mut receiver: MessageReceiver) -> LostReason {
+    async fn read_loop(
+        self: &Arc<Self>,
+        handle: &ConnHandle,
+        mut receiver: MessageReceiver,
+    ) -> LostReason {
         let peer = receiver.info().peer_id;
         let direction = receiver.info().direction;
         let protocol = receiver.info().protocol;
@@ -293,11 +297,17 @@ impl Node {
                                     tracing::info!(nat = %reachability.nat_type, external = ?reachability.external, "reachability changed");
                                     batch.push(Event::ReachabilityChanged { reachability });
                                 }
+                                if protocol == crust_core::Protocol::Rudp {
+                                    self.maybe_start_filter_test(self.rudp_listen_port());
+                                }
                             }
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "ignoring a bad observed address")
                             }
                         }
+                    }
+                    crate::probe_driver::PROBE_FRAME => {
+                        self.handle_probe_frame(peer, handle, &frame.payload);
                     }
                     other => {
                         if !self.control.dispatch(other, peer, frame.payload) {

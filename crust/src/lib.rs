@@ -44,11 +44,13 @@ mod endpoints;
 mod error;
 mod event;
 mod events;
+mod filtering;
 mod listen;
 mod liveness;
 mod node;
 mod observed;
 mod plugins;
+mod probe_driver;
 mod rate;
 mod reachability;
 mod reason;
@@ -62,7 +64,7 @@ pub use discovery_driver::DISCOVERY_CONCURRENCY;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use events::Events;
-pub use reachability::{MappingBehaviour, NatType, Reachability};
+pub use reachability::{FilteringBehaviour, MappingBehaviour, NatType, Reachability};
 pub use reason::{
     ConnectFailure, DialFailure, FloodLimit, LostReason, TransportErrorKind, TransportFailure,
 };

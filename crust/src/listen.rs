@@ -71,6 +71,9 @@ impl Node {
             tracing::info!(%endpoint, peer = %self.peer_id(), "listening");
             self.emit_now(Event::ListenerStarted { endpoint });
         }
+        if let Some(probes) = self.probe_source.as_ref().and_then(|source| source.take()) {
+            self.start_probe_receiver(probes);
+        }
         let ports = bound
             .iter()
             .map(|ep| (ep.protocol(), ep.addr().port()))

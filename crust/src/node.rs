@@ -124,6 +124,10 @@ pub(crate) struct Node {
     pub(crate) control: ControlRoutes,
     /// NAT classification and the last verdict reported.
     pub(crate) reachability: Mutex<ReachabilityState>,
+    /// The NAT filtering test (`probe_driver.rs`).
+    pub(crate) probes: Mutex<crate::probe_driver::ProbeState>,
+    /// Where the rUDP transport's probe datagrams come from, when we built it.
+    pub(crate) probe_source: Option<crust_rudp::ProbeSource>,
     /// Plug-ins started from the config (see `plugins.rs`).
     pub(crate) plugins: Mutex<crate::plugins::Started>,
 }
@@ -138,6 +142,7 @@ impl Node {
         config: ServiceConfig,
         transports: Vec<Arc<dyn Transport>>,
         events: Arc<EventQueue>,
+        probe_source: Option<crust_rudp::ProbeSource>,
     ) -> Self {
         Node {
             registry: Mutex::new(Registry::new(identity.peer_id(), config.max_peers)),
@@ -161,6 +166,8 @@ impl Node {
             control: ControlRoutes::default(),
 
             plugins: Mutex::new(crate::plugins::Started::default()),
+            probes: Mutex::new(crate::probe_driver::ProbeState::default()),
+            probe_source,
         }
     }
 
@@ -277,6 +284,15 @@ impl Node {
                 self.peer_removed(peer, reason.clone(), outcome.none_left);
             }
         }
+    }
+
+    /// The port of our reliable-UDP listening socket (the one peers observe).
+    pub(crate) fn rudp_listen_port(&self) -> Option<u16> {
+        self.listening()
+            .endpoints
+            .iter()
+            .find(|ep| ep.protocol() == Protocol::Rudp)
+            .map(|ep| ep.addr().port())
     }
 
     /// Every peer's active connection.

@@ -13,8 +13,7 @@
 //! - **Mapped**: a gateway maps our port (UPnP IGD, NAT-PMP, PCP).
 //!
 //! Filtering behaviour (full cone vs. address- vs. port-restricted) cannot be learnt from
-//! observations alone; it needs a peer to answer from another address or port, which is
-//! not built yet, so it is reported as unknown.
+//! observations alone: a peer-assisted probe test (`filtering.rs`) finds it and feeds it in.
 //!
 //! Sybil resistance: identities are free, so an external address is only believed when
 //! observers from at least `min_networks` distinct networks (IPv4 /24, IPv6 /48) agree.
@@ -25,6 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crust_core::{Endpoint, PeerId, Protocol};
+
+pub use crate::filtering::FilteringBehaviour;
 
 /// Local sockets tracked; observations of further ones are ignored.
 const MAX_SOCKETS: usize = 16;
@@ -101,6 +102,27 @@ pub struct Reachability {
     pub public_ips: Vec<IpAddr>,
     /// How many distinct observer networks contributed.
     pub observer_networks: usize,
+    /// How the NAT filters inbound packets, once a peer-assisted test told
+    /// (see [`FilteringBehaviour`]).
+    pub filtering: FilteringBehaviour,
+}
+
+impl Reachability {
+    /// The classic name of the NAT in front of us: `public`, `mapped`, `full_cone`,
+    /// `address_restricted`, `port_restricted`, `cone` (filtering not known yet),
+    /// `symmetric` or `unknown`.
+    pub fn nat_class(&self) -> &'static str {
+        match (self.nat_type, self.filtering) {
+            (NatType::Public, _) => "public",
+            (NatType::Mapped, _) => "mapped",
+            (NatType::Symmetric, _) => "symmetric",
+            (NatType::ConeLike, FilteringBehaviour::EndpointIndependent) => "full_cone",
+            (NatType::ConeLike, FilteringBehaviour::AddressDependent) => "address_restricted",
+            (NatType::ConeLike, FilteringBehaviour::AddressAndPortDependent) => "port_restricted",
+            (NatType::ConeLike, _) => "cone",
+            _ => "unknown",
+        }
+    }
 }
 
 impl Reachability {
@@ -113,6 +135,7 @@ impl Reachability {
             external: Vec::new(),
             public_ips: Vec::new(),
             observer_networks: 0,
+            filtering: FilteringBehaviour::Unknown,
         }
     }
 }
@@ -134,6 +157,7 @@ pub(crate) struct NatClassifier {
     listen_ports: Vec<(Protocol, u16)>,
     local_ips: Vec<IpAddr>,
     mapped: Vec<Endpoint>,
+    filtering: FilteringBehaviour,
 }
 
 impl NatClassifier {
@@ -146,7 +170,18 @@ impl NatClassifier {
             listen_ports: Vec::new(),
             local_ips: Vec::new(),
             mapped: Vec::new(),
+            filtering: FilteringBehaviour::Unknown,
         }
+    }
+
+    /// The filtering behaviour a peer-assisted test found.
+    pub(crate) fn set_filtering(&mut self, filtering: FilteringBehaviour) {
+        self.filtering = filtering;
+    }
+
+    /// The filtering behaviour known so far.
+    pub(crate) fn filtering(&self) -> FilteringBehaviour {
+        self.filtering
     }
 
     /// Our listening sockets' ports, per protocol.
@@ -279,6 +314,7 @@ impl NatClassifier {
             }
         }
         out.observer_networks = networks_all.len();
+        out.filtering = self.filtering;
         out.public_ips = public_ips;
         out.mapping = if symmetric {
             MappingBehaviour::EndpointDependent

@@ -71,3 +71,34 @@ async fn observers_in_two_networks_make_a_public_node() {
             .all(|ep| listening_ports.contains(&ep.addr().port()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_assisted_probe_test_finds_the_filtering() {
+    init_tracing();
+    // q is connected to p only; a never talks to q.
+    let (p, _pe) = node(at([127, 0, 1, 2])).await;
+    let (q, _qe) = node(at([127, 0, 2, 3])).await;
+    p.connect(&q.our_endpoints(), Some(q.peer_id()))
+        .await
+        .expect("p-q");
+    let (a, mut ae) = node(at([127, 0, 0, 1])).await;
+    a.connect(&rudp(&p.our_endpoints()), Some(p.peer_id()))
+        .await
+        .expect("a dials p over rudp");
+    // No NAT on loopback: q's probe from a host a never sent to gets through.
+    let event = wait_for(&mut ae, "filtering verdict", |e| {
+        matches!(e, Event::ReachabilityChanged { reachability } if reachability.filtering != crust::FilteringBehaviour::Unknown)
+    })
+    .await;
+    let Event::ReachabilityChanged { reachability } = event else {
+        unreachable!()
+    };
+    assert_eq!(
+        reachability.filtering,
+        crust::FilteringBehaviour::EndpointIndependent
+    );
+    assert!(
+        !q.is_connected(a.peer_id()),
+        "q probed without a connection"
+    );
+}

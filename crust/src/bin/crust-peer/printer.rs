@@ -161,6 +161,8 @@ pub(crate) fn reachability_json(event: &str, r: &Reachability) -> Value {
     json!({
         "event": event,
         "nat_type": r.nat_type.as_str(),
+        "nat_class": r.nat_class(),
+        "filtering": r.filtering.as_str(),
         "mapping": match r.mapping {
             MappingBehaviour::EndpointIndependent => "endpoint_independent",
             MappingBehaviour::EndpointDependent => "endpoint_dependent",
@@ -178,8 +180,9 @@ pub(crate) fn reachability_json(event: &str, r: &Reachability) -> Value {
 pub(crate) fn reachability_text(r: &Reachability) -> String {
     let external: Vec<String> = r.external.iter().map(|e| e.to_string()).collect();
     format!(
-        "{} external=[{}] port_preserved={:?} observer_networks={}",
+        "{} ({}) external=[{}] port_preserved={:?} observer_networks={}",
         r.nat_type,
+        r.nat_class(),
         external.join(" "),
         r.port_preserved,
         r.observer_networks
