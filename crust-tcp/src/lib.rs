@@ -237,6 +237,16 @@ impl Transport for TcpTransport {
     }
 
     async fn listen(&self, addr: SocketAddr) -> Result<Box<dyn Listener>> {
+        if addr.port() != 0 {
+            // The listener needs SO_REUSEPORT (so dials can leave from its port), which
+            // would also let a second node bind the same port silently and have the kernel
+            // split connections between them. A probe bind without it fails with "address
+            // in use" when anyone listens there (sockets in TIME_WAIT do not count).
+            let probe = new_socket(addr)?;
+            probe.set_reuseaddr(true)?;
+            probe.bind(addr)?;
+            drop(probe);
+        }
         let socket = new_socket(addr)?;
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;

@@ -236,6 +236,22 @@ async fn a_taken_four_tuple_falls_back_to_an_ephemeral_port() {
     assert_eq!(accepted.expect("a accepts").peer_id(), b.local_peer_id());
 }
 
+/// A second node on a port already in use fails loudly instead of sharing it.
+#[tokio::test]
+async fn a_port_in_use_is_refused() {
+    let first = transport(TcpConfig::default().with_dial_from_listen_port(true));
+    let listener = first.listen(loopback()).await.expect("listen");
+    let taken = listener.local_endpoint().addr();
+    let second = transport(TcpConfig::default());
+    match second.listen(taken).await {
+        Err(crust_core::Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse),
+        other => panic!("expected address in use, got {other:?}"),
+    }
+    // Once the first listener is gone the port is free again.
+    drop(listener);
+    second.listen(taken).await.expect("port free again");
+}
+
 #[tokio::test]
 async fn dropping_the_listener_refuses_new_connections_at_once() {
     let server = transport(TcpConfig::default());
