@@ -28,11 +28,11 @@ const MAX_DETAIL: usize = 200;
 /// Talks to the gateways the last probe found.
 pub(crate) struct GatewayClient {
     config: PortMapConfig,
-    /// The PCP/NAT-PMP gateway and our address towards it.
+    /// The last PCP/NAT-PMP gateway found and our address towards it.
     pmp: Option<(IpAddr, IpAddr)>,
-    /// The external address the NAT-PMP probe reported.
+    /// The external address the last NAT-PMP probe reported.
     pmp_external: Option<IpAddr>,
-    /// The UPnP device and our address towards it.
+    /// The last UPnP device found and our address towards it.
     upnp: Option<(Gateway<Tokio>, IpAddr)>,
     /// PCP/NAT-PMP leases by slot (PCP renewals must reuse the nonce).
     leases: HashMap<usize, PortMapping>,
@@ -121,12 +121,15 @@ impl GatewayClient {
     /// Looks for a PCP/NAT-PMP server and a UPnP device, concurrently.
     pub(crate) async fn probe(&mut self) -> ProbeOutcome {
         let (pmp, upnp) = tokio::join!(self.probe_pmp(), self.probe_upnp());
+        // The gateways found are kept until another one is found: the lease policy decides
+        // what to map with, and removals at shutdown go to the last gateway known.
         let (pmp, pmp_state) = pmp;
-        self.pmp = pmp_state;
-        self.pmp_external = match pmp {
-            PmpProbe::NatPmp { external_ip } => Some(external_ip),
-            _ => None,
-        };
+        if pmp_state.is_some() {
+            self.pmp = pmp_state;
+        }
+        if let PmpProbe::NatPmp { external_ip } = pmp {
+            self.pmp_external = Some(external_ip);
+        }
         let upnp = upnp.map(|(gateway, local, external_ip)| {
             let identity = format!("{}{}", gateway.addr, gateway.control_url);
             tracing::debug!(gateway = %gateway, ?external_ip, "UPnP gateway found");
@@ -136,9 +139,6 @@ impl GatewayClient {
                 external_ip,
             }
         });
-        if upnp.is_none() {
-            self.upnp = None;
-        }
         tracing::debug!(?pmp, upnp = ?upnp, "gateway probe done");
         ProbeOutcome { pmp, upnp }
     }
