@@ -26,7 +26,10 @@
 //!
 //! A gateway restart is a kill of `miniupnpd`, a flush of its chains (as a reboot would
 //! lose them: `miniupnpd` itself leaves its rules behind and would reload them) and a
-//! new `miniupnpd`: new NAT-PMP/PCP epoch, new random HTTP port.
+//! new `miniupnpd`: new NAT-PMP/PCP epoch, and a new HTTP port (as with miniupnpd's
+//! default random port; the test sets 5000, then 5001, so the change is certain). A UPnP
+//! gateway that comes back at the same URL is not noticed as restarted: the next renewal
+//! simply re-creates the mapping.
 //!
 //! The workspace forbids `unsafe`, so instead of `setns` the test runs *this test binary*
 //! again inside a namespace (`ip netns exec <ns> <this binary> --exact <role fn>`) with
@@ -436,9 +439,17 @@ impl GatewayLab {
     fn start_miniupnpd(&mut self) {
         let dir = self.lab.dir.path();
         let conf = dir.join("miniupnpd.conf");
+        // Like miniupnpd's default (a random port per start), but certain to differ
+        // across a restart: 5000 for the first start, 5001 after a restart.
+        let http_port = if self.http_port == 0 {
+            5000
+        } else {
+            self.http_port + 1
+        };
         let config = format!(
             "ext_ifname=wan0\n\
              listening_ip=lan0\n\
+             http_port={http_port}\n\
              enable_natpmp=yes\n\
              enable_upnp=yes\n\
              secure_mode=no\n\
@@ -468,11 +479,8 @@ impl GatewayLab {
             .arg(&pid);
         let mut proc = Proc::spawn("miniupnpd", cmd);
         let http = proc.wait_for("HTTP listening", |l| l.contains("HTTP listening on port"));
-        self.http_port = http
-            .rsplit(' ')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .expect("HTTP port");
+        assert!(http.ends_with(&format!(" {http_port}")), "{http}");
+        self.http_port = http_port;
         // The last socket miniupnpd opens before its main loop: ready.
         proc.wait_for("NAT-PMP/PCP listening", |l| {
             l.contains("Listening for NAT-PMP/PCP traffic")
