@@ -131,6 +131,13 @@ pub struct ServiceConfig {
     /// `start_listening()`, it announces our endpoints and connects to the peers it hears.
     /// Default `None` (no beacon).
     pub beacon: Option<crust_beacon::BeaconConfig>,
+    /// Ask the home router to map our listening ports (PCP, NAT-PMP or UPnP IGD, see
+    /// `crust-nat`): started by `start_listening()`, mapped endpoints lead
+    /// `our_endpoints()` and are removed again on shutdown. No gateway is a normal outcome
+    /// (one `PortMappingUnavailable` event). Default `None` (off: it talks to the default
+    /// gateway of the machine, which tests and single-machine demos must not do);
+    /// `crust-peer` turns it on unless `--loopback` or `--no-port-mapping` is given.
+    pub port_mapping: Option<crust_nat::PortMapConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -157,6 +164,7 @@ impl Default for ServiceConfig {
             min_observer_networks: 2,
             bootstrap: None,
             beacon: None,
+            port_mapping: None,
         }
     }
 }
@@ -257,6 +265,12 @@ impl ServiceConfig {
             self.rudp_port = port;
         }
         self.bootstrap = Some(bootstrap);
+        self
+    }
+
+    /// Sets [`ServiceConfig::port_mapping`].
+    pub fn with_port_mapping(mut self, port_mapping: crust_nat::PortMapConfig) -> Self {
+        self.port_mapping = Some(port_mapping);
         self
     }
 

@@ -94,6 +94,32 @@ pub enum Event {
         /// The new state.
         reachability: Reachability,
     },
+    /// A gateway maps one of our listening ports (or renewed the mapping at another
+    /// external endpoint): peers anywhere can dial `external`.
+    PortMapped {
+        /// Our listening endpoint.
+        local: Endpoint,
+        /// Where the gateway forwards from.
+        external: Endpoint,
+        /// How: `"pcp"`, `"natpmp"` or `"upnp"`.
+        method: &'static str,
+    },
+    /// A port mapping is gone (the port mapper tries to re-create it).
+    PortMappingLost {
+        /// The endpoint that no longer forwards to us.
+        external: Endpoint,
+        /// Why, in words.
+        reason: String,
+    },
+    /// No gateway offers port mapping (reported once; the mapper keeps probing quietly).
+    PortMappingUnavailable,
+    /// The gateway's external address changed.
+    ExternalAddressChanged {
+        /// The old address.
+        old: std::net::IpAddr,
+        /// The new one.
+        new: std::net::IpAddr,
+    },
     /// A peer was banned for the rest of the session.
     PeerBanned {
         /// Who.

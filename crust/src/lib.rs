@@ -77,3 +77,4 @@ pub use crust_core::{
     ConnectionConfig, ConnectionInfo, Direction, Discovery, Endpoint, Identity, PeerAddr,
     PeerCandidate, PeerId, Protocol, wire,
 };
+pub use crust_nat::{self as nat, PortMapConfig};

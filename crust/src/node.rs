@@ -286,6 +286,18 @@ impl Node {
         }
     }
 
+    /// The external endpoints a gateway maps for us now (see `Service::set_mapped_endpoints`).
+    pub(crate) fn set_mapped_endpoints(&self, mapped: Vec<Endpoint>) {
+        let changed = {
+            let mut reachability = self.reachability();
+            reachability.classifier.set_mapped(mapped);
+            reachability.update()
+        };
+        if let Some(reachability) = changed {
+            self.emit_now(Event::ReachabilityChanged { reachability });
+        }
+    }
+
     /// The port of our reliable-UDP listening socket (the one peers observe).
     pub(crate) fn rudp_listen_port(&self) -> Option<u16> {
         self.listening()

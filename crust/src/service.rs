@@ -232,15 +232,7 @@ impl Service {
     /// port-mapping plug-in such as `crust-nat` reports): they lead
     /// [`Service::our_endpoints`] and make the NAT type [`NatType::Mapped`](crate::NatType::Mapped).
     pub fn set_mapped_endpoints(&self, mapped: Vec<Endpoint>) {
-        let changed = {
-            let mut reachability = self.node.reachability();
-            reachability.classifier.set_mapped(mapped);
-            reachability.update()
-        };
-        if let Some(reachability) = changed {
-            self.node
-                .emit_now(Event::ReachabilityChanged { reachability });
-        }
+        self.node.set_mapped_endpoints(mapped);
     }
 
     /// The endpoints our listeners are bound to (may be `0.0.0.0`; see [`Service::our_endpoints`]).
@@ -551,6 +543,11 @@ impl Service {
     /// after the events already queued.
     pub async fn shutdown(&self) {
         self.node.shutdown.cancel();
+        // Port mappings are removed from the gateway (bounded time) before we go.
+        let mapper = self.node.plugins().take_port_mapper();
+        if let Some(mapper) = mapper {
+            mapper.shutdown().await;
+        }
         let connections = self.node.registry().shut_down();
         self.node.registry_changed.notify_waiters();
         futures::future::join_all(connections.iter().map(|c| c.sender.close())).await;

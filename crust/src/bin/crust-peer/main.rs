@@ -93,6 +93,13 @@ struct Args {
     /// Do not listen on IPv6.
     #[arg(long)]
     no_ipv6: bool,
+    /// Do not ask the router to map our ports (PCP, NAT-PMP, UPnP IGD); on by default
+    /// except with --loopback.
+    #[arg(long)]
+    no_port_mapping: bool,
+    /// Believe an external address once observers in this many distinct networks agree.
+    #[arg(long, default_value_t = 2)]
+    min_observer_networks: usize,
     /// Listen on 127.0.0.1 and report loopback endpoints (single-machine use).
     #[arg(long)]
     loopback: bool,
@@ -143,7 +150,11 @@ fn config_from(args: &Args) -> anyhow::Result<ServiceConfig> {
         .with_ports(args.tcp_port, args.rudp_port)
         .with_tcp(!args.no_tcp)
         .with_rudp(!args.no_rudp)
-        .with_loopback_endpoints(args.loopback);
+        .with_loopback_endpoints(args.loopback)
+        .with_min_observer_networks(args.min_observer_networks);
+    if !args.loopback && !args.no_port_mapping {
+        config = config.with_port_mapping(crust::PortMapConfig::default());
+    }
     if let Some(path) = &args.identity {
         let identity = Identity::load_or_generate(path)
             .with_context(|| format!("identity file {}", path.display()))?;

@@ -114,6 +114,26 @@ impl Printer {
                 json!({"event": "bootstrap_connected", "peer": peer, "endpoint": endpoint, "source": source}),
                 || format!("bootstrap-connected {} {endpoint} {source}", peer.short()),
             ),
+            Event::PortMapped {
+                local,
+                external,
+                method,
+            } => self.emit(
+                json!({"event": "port_mapped", "local": local, "external": external, "method": method}),
+                || format!("port-mapped {local} -> {external} ({method})"),
+            ),
+            Event::PortMappingLost { external, reason } => self.emit(
+                json!({"event": "port_mapping_lost", "external": external, "reason": reason}),
+                || format!("port-mapping-lost {external} {reason:?}"),
+            ),
+            Event::PortMappingUnavailable => self.emit(
+                json!({"event": "port_mapping_unavailable"}),
+                || "port-mapping-unavailable (no gateway answered)".to_string(),
+            ),
+            Event::ExternalAddressChanged { old, new } => self.emit(
+                json!({"event": "external_address_changed", "old": old, "new": new}),
+                || format!("external-address-changed {old} -> {new}"),
+            ),
             Event::ReachabilityChanged { reachability } => self.emit(
                 reachability_json("reachability_changed", reachability),
                 || format!("reachability-changed {}", reachability_text(reachability)),
