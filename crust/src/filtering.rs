@@ -321,6 +321,17 @@ mod tests {
         assert_eq!(ProbeMessage::decode(&trailing), Err(Malformed));
     }
 
+    proptest::proptest! {
+        /// Whatever a peer sends, decoding never panics, and what decodes re-encodes to
+        /// the same bytes.
+        #[test]
+        fn decoding_arbitrary_bytes_is_total(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(message) = ProbeMessage::decode(&bytes) {
+                proptest::prop_assert_eq!(message.encode().to_vec(), bytes);
+            }
+        }
+    }
+
     #[test]
     fn verdicts() {
         let t0 = Instant::now();

@@ -190,6 +190,14 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn nonce_decoding_is_total(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)) {
+            let decoded = decode_nonce(&bytes);
+            proptest::prop_assert_eq!(decoded.is_some(), bytes.len() == 8);
+        }
+    }
+
     #[test]
     fn nonce_codec() {
         assert_eq!(decode_nonce(&encode_nonce(0xdead_beef)), Some(0xdead_beef));
