@@ -70,10 +70,23 @@ pub struct ConnectionConfig {
     /// Largest message accepted for sending or receiving, in bytes.
     /// Default [`wire::DEFAULT_MAX_MESSAGE_SIZE`] (16 MiB).
     pub max_message_size: usize,
-    /// Bytes (frame headers included) that may wait to be written before `send()` waits
-    /// (backpressure). A single message larger than this is still accepted into an empty
-    /// queue. Default 1 MiB.
+    /// Bytes (frame headers included) of application messages that may wait to be written
+    /// before `send()` waits (backpressure). A single message larger than this is still
+    /// accepted into an empty queue. Default 1 MiB.
     pub send_buffer_bytes: usize,
+    /// Bytes (frame headers included) of control frames that may wait to be written before
+    /// [`MessageSender::send_control`](crate::MessageSender::send_control) waits and
+    /// [`MessageSender::try_send_control`](crate::MessageSender::try_send_control) refuses.
+    /// Control frames have their own queue, written before application messages, so this
+    /// is separate from [`ConnectionConfig::send_buffer_bytes`]. A single frame larger than
+    /// this is still accepted into an empty queue. Default 256 KiB.
+    pub control_buffer_bytes: usize,
+    /// Messages larger than this are sent as chunks of this many bytes, so that control
+    /// frames can pass a large message at chunk boundaries: a control frame waits for at
+    /// most about one chunk. Smaller chunks shorten that wait on slow links at a small cost
+    /// in throughput. The receiver accepts any chunking. Default
+    /// [`wire::DEFAULT_MESSAGE_CHUNK_SIZE`] (64 KiB).
+    pub message_chunk_bytes: usize,
     /// Time allowed for the whole handshake (preamble, TLS or QUIC), and for a graceful
     /// close. Default 10 s.
     pub handshake_timeout: std::time::Duration,
@@ -84,6 +97,8 @@ impl Default for ConnectionConfig {
         ConnectionConfig {
             max_message_size: wire::DEFAULT_MAX_MESSAGE_SIZE,
             send_buffer_bytes: 1024 * 1024,
+            control_buffer_bytes: 256 * 1024,
+            message_chunk_bytes: wire::DEFAULT_MESSAGE_CHUNK_SIZE,
             handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
@@ -99,6 +114,18 @@ impl ConnectionConfig {
     /// Sets [`ConnectionConfig::send_buffer_bytes`] (at least 1).
     pub fn with_send_buffer_bytes(mut self, bytes: usize) -> Self {
         self.send_buffer_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets [`ConnectionConfig::control_buffer_bytes`] (at least 1).
+    pub fn with_control_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.control_buffer_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets [`ConnectionConfig::message_chunk_bytes`] (at least 1).
+    pub fn with_message_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.message_chunk_bytes = bytes.max(1);
         self
     }
 

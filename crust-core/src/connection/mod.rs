@@ -2,8 +2,42 @@
 //! stream a transport authenticated.
 //!
 //! Transports only establish and authenticate a byte stream (TLS over TCP, a QUIC stream);
-//! framing, size limits, batching of small messages and close semantics live here once, so
-//! every transport behaves the same.
+//! framing, size limits, batching of small messages, the control lane, chunking and close
+//! semantics live here once, so every transport behaves the same.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`Connection`] and the state both halves share (close bookkeeping);
+//! - `config.rs`: [`ConnectionConfig`], [`ConnectionInfo`], [`SecureStream`];
+//! - `sender.rs` / `receiver.rs`: [`MessageSender`] and [`MessageReceiver`];
+//! - `send_queue.rs`: the two bounded lanes (messages, control frames) between the senders
+//!   and the writer task;
+//! - `writer.rs`: the writer task (batching, chunking, letting control frames pass);
+//! - `reader.rs`: `FrameReader`, which reads into one adaptive buffer and decodes with
+//!   [`wire::MessageDecoder`](crate::wire::MessageDecoder) (reassembly of chunks).
+//!
+//! # Control frames never wait behind a large message
+//!
+//! Control frames (ping, pong, observed address, plug-ins' own kinds) have a queue of their
+//! own, bounded separately ([`ConnectionConfig::control_buffer_bytes`]), which the writer
+//! drains before the message queue and again at every frame boundary while it writes
+//! messages. For there to be frame boundaries inside a large message, a message larger than
+//! [`ConnectionConfig::message_chunk_bytes`] (64 KiB) is written as `MessageChunk` frames
+//! ending with a `Message` frame; the receiver reassembles it within the same
+//! `max_message_size`, handing out control frames that arrive in between at once. Messages
+//! up to the chunk size stay exactly one `Message` frame, so the small-message path is
+//! unchanged. A control frame therefore waits for at most about one chunk in our queue,
+//! plus whatever the transport has already accepted (the kernel's socket buffer on TCP,
+//! quinn's stream buffer on QUIC).
+//!
+//! Why one mechanism here rather than a second QUIC stream for control frames on rUDP: TCP
+//! has a single byte stream, so chunking at this layer is needed anyway, and doing it once
+//! in the shared connection keeps the behaviour (ordering, limits, close and drain
+//! semantics, the conformance cases) identical on both transports and keeps the
+//! [`Transport`](crate::Transport) contract at one authenticated stream. A second,
+//! higher-priority QUIC stream could additionally skip data already inside quinn's stream
+//! buffer, but it would bring cross-stream ordering and a second FIN into close semantics
+//! for an rUDP-only gain; it can be added later under this same API.
 
 mod config;
 mod reader;
@@ -12,14 +46,16 @@ mod send_queue;
 mod sender;
 mod writer;
 
+#[cfg(test)]
+mod test_support;
+
 use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{PeerId, Result};
@@ -31,7 +67,7 @@ pub use receiver::MessageReceiver;
 pub use sender::MessageSender;
 
 use reader::FrameReader;
-use send_queue::{SendQueue, SendState};
+use send_queue::SendQueue;
 use writer::run_writer;
 
 struct Shared {
@@ -115,14 +151,7 @@ impl Connection {
     pub fn new(stream: SecureStream, config: &ConnectionConfig) -> Self {
         let shared = Arc::new(Shared {
             info: stream.info,
-            queue: SendQueue {
-                state: Mutex::new(SendState::default()),
-                writer_wake: Notify::new(),
-                space: Notify::new(),
-                finishing: CancellationToken::new(),
-                limit: config.send_buffer_bytes.max(1),
-                max_message_size: config.max_message_size,
-            },
+            queue: SendQueue::new(config),
             senders: AtomicUsize::new(1),
             closed: CancellationToken::new(),
             closed_flag: AtomicBool::new(false),
@@ -216,42 +245,12 @@ impl fmt::Debug for Connection {
 
 #[cfg(test)]
 mod tests {
+    use super::test_support::{connection, frame};
     use super::*;
-    use crate::wire::{self, FrameKind};
-    use crate::{Error, Protocol};
-    use bytes::BytesMut;
+    use crate::Error;
+    use crate::wire::FrameKind;
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-    fn info() -> ConnectionInfo {
-        ConnectionInfo {
-            peer_id: PeerId::from_bytes([7; 32]),
-            local_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            remote_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
-            protocol: Protocol::Tcp,
-            direction: Direction::Outbound,
-        }
-    }
-
-    /// A connection over an in-memory pipe of `pipe_bytes`; the other end is raw.
-    fn connection(config: &ConnectionConfig, pipe_bytes: usize) -> (Connection, DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(pipe_bytes);
-        let (reader, writer) = tokio::io::split(ours);
-        let stream = SecureStream {
-            info: info(),
-            reader: Box::new(reader),
-            writer: Box::new(writer),
-            keep_alive: None,
-        };
-        (Connection::new(stream, config), theirs)
-    }
-
-    fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        wire::put_frame_header(&mut buf, kind, payload.len()).expect("header");
-        buf.extend_from_slice(payload);
-        buf.to_vec()
-    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_reading_cannot_pin_a_finishing_connection() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::reader::FrameReader;
+use super::send_queue::LaneId;
 use super::{ConnectionInfo, Shared};
 use crate::wire::{Frame, FrameKind};
 use crate::{Error, Result};
@@ -76,7 +77,10 @@ impl MessageReceiver {
     /// Answers a ping with a pong carrying the same payload, unless the send buffer is full
     /// (a peer pinging faster than it reads gets no answer rather than stalling us).
     pub fn answer_ping(&self, payload: Bytes) {
-        let _ = self.shared.queue.try_push(FrameKind::Pong, payload);
+        let _ = self
+            .shared
+            .queue
+            .try_push(LaneId::Control, FrameKind::Pong, payload);
     }
 
     /// Receives the next frame of any kind, for code that handles control messages itself.

@@ -7,12 +7,22 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::send_queue::LaneId;
 use super::{ConnectionInfo, Shared};
 use crate::wire::FrameKind;
 use crate::{Error, Result};
 
-/// The sending half of a [`Connection`](crate::Connection). Cheap to clone. When the last sender is dropped,
-/// our direction of the connection ends gracefully after everything queued is written.
+/// The sending half of a [`Connection`](crate::Connection). Cheap to clone. When the last
+/// sender is dropped, our direction of the connection ends gracefully after everything
+/// queued is written.
+///
+/// Two queues feed the connection: application messages (in order, bounded by
+/// [`ConnectionConfig::send_buffer_bytes`](crate::ConnectionConfig::send_buffer_bytes)) and
+/// control frames (in order, bounded by
+/// [`ConnectionConfig::control_buffer_bytes`](crate::ConnectionConfig::control_buffer_bytes)).
+/// Control frames are written first at every frame boundary, and large messages are
+/// written in chunks, so a control frame never waits behind a large message; it may
+/// therefore arrive before messages queued earlier.
 pub struct MessageSender {
     pub(super) shared: Arc<Shared>,
 }
@@ -42,7 +52,15 @@ impl MessageSender {
     /// once the connection is closed. `Ok` means the message is queued for writing; like
     /// TCP, it is not an acknowledgement of delivery.
     pub async fn send(&self, message: Bytes) -> Result<()> {
-        self.send_frame(FrameKind::Message, message).await
+        self.check_size(&message)?;
+        self.shared
+            .queue
+            .push(
+                LaneId::Data,
+                FrameKind::Message,
+                std::slice::from_ref(&message),
+            )
+            .await
     }
 
     /// Queues several application messages, in order, taking the send buffer's lock once
@@ -53,29 +71,68 @@ impl MessageSender {
     /// like [`MessageSender::send`]; on [`Error::ConnectionClosed`] an unknown prefix of the
     /// messages may have been queued.
     pub async fn send_many(&self, messages: &[Bytes]) -> Result<()> {
-        let max = self.shared.queue.max_message_size;
-        if let Some(big) = messages.iter().find(|m| m.len() > max) {
-            return Err(Error::MessageTooLarge {
-                size: big.len() as u64,
-                max,
-            });
-        }
-        self.shared.queue.push(FrameKind::Message, messages).await
-    }
-
-    /// Queues a frame of any kind (control messages are sent this way).
-    pub async fn send_frame(&self, kind: FrameKind, payload: Bytes) -> Result<()> {
-        let max = self.shared.queue.max_message_size;
-        if payload.len() > max {
-            return Err(Error::MessageTooLarge {
-                size: payload.len() as u64,
-                max,
-            });
+        for message in messages {
+            self.check_size(message)?;
         }
         self.shared
             .queue
-            .push(kind, std::slice::from_ref(&payload))
+            .push(LaneId::Data, FrameKind::Message, messages)
             .await
+    }
+
+    /// Queues a control frame (any kind but [`FrameKind::Message`] and
+    /// [`FrameKind::MessageChunk`], unknown kinds included, e.g. a plug-in's own) on the
+    /// priority lane: it is written before any application message still queued and, when
+    /// a large message is being written, at its next chunk boundary. Control frames keep
+    /// their order among themselves, not relative to messages.
+    ///
+    /// Waits only while the control queue is full (its own limit,
+    /// [`ConnectionConfig::control_buffer_bytes`](crate::ConnectionConfig::control_buffer_bytes)),
+    /// never for application messages. Fails with [`Error::NotControlKind`] for a data
+    /// kind, [`Error::MessageTooLarge`] over the maximum message size (nothing queued, the
+    /// connection stays usable), and [`Error::ConnectionClosed`] once closed.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: crust_core::Connection) -> crust_core::Result<()> {
+    /// use crust_core::wire::FrameKind;
+    /// conn.sender()
+    ///     .send_control(FrameKind::Ping, bytes::Bytes::from_static(b"t0"))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_control(&self, kind: FrameKind, payload: Bytes) -> Result<()> {
+        if !kind.is_control() {
+            return Err(Error::NotControlKind(kind));
+        }
+        self.check_size(&payload)?;
+        self.shared
+            .queue
+            .push(LaneId::Control, kind, std::slice::from_ref(&payload))
+            .await
+    }
+
+    /// Queues a control frame like [`MessageSender::send_control`] only if the control
+    /// queue has room right now; returns whether it did. Never waits: for replies and
+    /// announcements that must not hold up the caller (answering pings, observed
+    /// addresses). Data kinds, oversized payloads and a closed connection give `false`.
+    pub fn try_send_control(&self, kind: FrameKind, payload: Bytes) -> bool {
+        kind.is_control()
+            && payload.len() <= self.shared.queue.max_message_size
+            && matches!(
+                self.shared.queue.try_push(LaneId::Control, kind, payload),
+                Ok(None)
+            )
+    }
+
+    /// Queues a frame of any kind a caller may send: [`FrameKind::Message`] like
+    /// [`MessageSender::send`], control kinds like [`MessageSender::send_control`] (on the
+    /// priority lane). [`FrameKind::MessageChunk`] is refused with
+    /// [`Error::NotControlKind`]: the connection writes chunks itself.
+    pub async fn send_frame(&self, kind: FrameKind, payload: Bytes) -> Result<()> {
+        match kind {
+            FrameKind::Message => self.send(payload).await,
+            _ => self.send_control(kind, payload).await,
+        }
     }
 
     /// Queues an application message only if that is possible right now, without waiting:
@@ -83,23 +140,32 @@ impl MessageSender {
     /// [`MessageSender::send`], which reports why) when the buffer is full or the connection
     /// is closed. Fails only with [`Error::MessageTooLarge`].
     pub fn try_send(&self, message: Bytes) -> Result<Option<Bytes>> {
+        self.check_size(&message)?;
+        self.shared
+            .queue
+            .try_push(LaneId::Data, FrameKind::Message, message)
+    }
+
+    /// Queues a frame only if its queue has room right now; returns whether it did.
+    /// [`FrameKind::Message`] goes to the message queue like [`MessageSender::try_send`],
+    /// control kinds to the priority lane like [`MessageSender::try_send_control`];
+    /// [`FrameKind::MessageChunk`] is never queued.
+    pub fn try_send_frame(&self, kind: FrameKind, payload: Bytes) -> bool {
+        match kind {
+            FrameKind::Message => matches!(self.try_send(payload), Ok(None)),
+            _ => self.try_send_control(kind, payload),
+        }
+    }
+
+    fn check_size(&self, payload: &Bytes) -> Result<()> {
         let max = self.shared.queue.max_message_size;
-        if message.len() > max {
+        if payload.len() > max {
             return Err(Error::MessageTooLarge {
-                size: message.len() as u64,
+                size: payload.len() as u64,
                 max,
             });
         }
-        self.shared
-            .queue
-            .try_push_or_return(FrameKind::Message, message)
-    }
-
-    /// Queues a frame only if the send buffer has room right now; returns whether it did.
-    /// For replies that must never make the caller wait (e.g. answering pings).
-    pub fn try_send_frame(&self, kind: FrameKind, payload: Bytes) -> bool {
-        payload.len() <= self.shared.queue.max_message_size
-            && self.shared.queue.try_push(kind, payload)
+        Ok(())
     }
 
     /// Writes everything queued before this call and ends our sending direction gracefully
@@ -154,5 +220,68 @@ impl fmt::Debug for MessageSender {
         f.debug_struct("MessageSender")
             .field("info", &self.shared.info)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{connection, frames_of};
+    use crate::wire::FrameKind;
+    use crate::{ConnectionConfig, Error};
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn data_kinds_are_refused_on_the_control_lane() {
+        let config = ConnectionConfig::default().with_max_message_size(100);
+        let (conn, mut peer) = connection(&config, 1 << 16);
+        let sender = conn.sender();
+        for kind in [FrameKind::Message, FrameKind::MessageChunk] {
+            let err = sender
+                .send_control(kind, Bytes::from_static(b"x"))
+                .await
+                .expect_err("data kind");
+            assert!(
+                matches!(err, Error::NotControlKind(k) if k == kind),
+                "{err:?}"
+            );
+            assert!(!sender.try_send_control(kind, Bytes::from_static(b"x")));
+        }
+        let err = sender
+            .send_frame(FrameKind::MessageChunk, Bytes::from_static(b"x"))
+            .await
+            .expect_err("chunks are the connection's own");
+        assert!(
+            matches!(err, Error::NotControlKind(FrameKind::MessageChunk)),
+            "{err:?}"
+        );
+        assert!(!sender.try_send_frame(FrameKind::MessageChunk, Bytes::from_static(b"x")));
+        let err = sender
+            .send_control(FrameKind::Ping, Bytes::from(vec![0u8; 101]))
+            .await
+            .expect_err("oversized");
+        assert!(
+            matches!(
+                err,
+                Error::MessageTooLarge {
+                    size: 101,
+                    max: 100
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!sender.try_send_control(FrameKind::Ping, Bytes::from(vec![0u8; 101])));
+        // Nothing was queued, and the connection is still usable.
+        sender
+            .send_frame(FrameKind::Message, Bytes::from_static(b"ok"))
+            .await
+            .expect("message");
+        assert!(sender.try_send_frame(FrameKind::Superseded, Bytes::new()));
+        conn.close().await;
+        let mut bytes = Vec::new();
+        peer.read_to_end(&mut bytes).await.expect("read");
+        let mut kinds: Vec<FrameKind> = frames_of(&bytes).iter().map(|f| f.kind).collect();
+        kinds.sort_by_key(|k| k.to_byte());
+        assert_eq!(kinds, [FrameKind::Message, FrameKind::Superseded]);
     }
 }

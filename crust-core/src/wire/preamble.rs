@@ -13,11 +13,18 @@ pub const MAGIC: [u8; 4] = *b"CRST";
 /// Length of the preamble in bytes.
 pub const PREAMBLE_LEN: usize = 8;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 sends messages larger than the chunk size as
+/// [`FrameKind::MessageChunk`](super::FrameKind::MessageChunk) frames.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
-/// Length of a frame header: 4 bytes payload length, 1 byte kind.
-/// The QUIC ALPN identifier, which plays the preamble's role on QUIC connections.
+///
+/// Version 1 is refused ([`Error::VersionMismatch`]): a version 1 receiver would skip
+/// chunk frames as an unknown kind and silently lose the start of every large message.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// The QUIC ALPN identifier. It names the protocol family, not a version: versions are
+/// negotiated by the preamble on QUIC too, so an incompatible peer gets a typed
+/// [`Error::VersionMismatch`] rather than an opaque TLS alert. Unchanged by version 2.
 pub const ALPN: &[u8] = b"crust/1";
 
 /// The preamble bytes for the given supported version range.
@@ -297,14 +304,28 @@ mod tests {
 
     #[test]
     fn preamble_negotiation() {
-        let ours = preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION);
-        assert_eq!(negotiate_version(&ours, 1, 1).expect("same"), 1);
+        // The rules, for a node that speaks version 1 only.
+        assert_eq!(negotiate_version(&preamble(1, 1), 1, 1).expect("same"), 1);
         // A newer peer that still speaks 1 talks 1 with us.
         assert_eq!(negotiate_version(&preamble(3, 1), 1, 1).expect("newer"), 1);
         // A peer that dropped version 1 is refused with a typed error.
         assert!(matches!(
             negotiate_version(&preamble(3, 2), 1, 1),
             Err(Error::VersionMismatch { ours: 1, theirs: 3 })
+        ));
+        // This build speaks 2 with itself and with newer peers that still speak 2 ...
+        let (max, min) = (PROTOCOL_VERSION, MIN_PROTOCOL_VERSION);
+        let ours = preamble(max, min);
+        assert_eq!((max, min), (2, 2));
+        assert_eq!(negotiate_version(&ours, max, min).expect("same"), 2);
+        assert_eq!(
+            negotiate_version(&preamble(5, 2), max, min).expect("newer"),
+            2
+        );
+        // ... and refuses a version 1 peer, which would drop chunks as an unknown kind.
+        assert!(matches!(
+            negotiate_version(&preamble(1, 1), max, min),
+            Err(Error::VersionMismatch { ours: 2, theirs: 1 })
         ));
         assert!(matches!(
             negotiate_version(b"GET / HT", 1, 1),
@@ -344,7 +365,7 @@ mod tests {
         let mut expected_sent = preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION).to_vec();
         expected_sent.extend_from_slice(b"hello");
         for chunk in [1, 3, 8, 64] {
-            let mut theirs = preamble(3, 1).to_vec();
+            let mut theirs = preamble(3, 2).to_vec();
             theirs.extend_from_slice(b"payload after the preamble");
             let (read, sent) = pipelined(theirs, chunk).await;
             assert_eq!(
@@ -363,7 +384,19 @@ mod tests {
             assert!(matches!(read, Err(Error::NotCrust)), "{read:?}");
             let (read, _) = pipelined(preamble(7, 5).to_vec(), chunk).await;
             assert!(
-                matches!(read, Err(Error::VersionMismatch { ours: 1, theirs: 7 })),
+                matches!(
+                    read,
+                    Err(Error::VersionMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: 7
+                    })
+                ),
+                "{read:?}"
+            );
+            // A version 1 peer is refused.
+            let (read, _) = pipelined(preamble(1, 1).to_vec(), chunk).await;
+            assert!(
+                matches!(read, Err(Error::VersionMismatch { ours: 2, theirs: 1 })),
                 "{read:?}"
             );
             // The stream ends inside the preamble.
