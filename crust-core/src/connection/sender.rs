@@ -21,8 +21,9 @@ use crate::{Error, Result};
 /// control frames (in order, bounded by
 /// [`ConnectionConfig::control_buffer_bytes`](crate::ConnectionConfig::control_buffer_bytes)).
 /// Control frames are written first at every frame boundary, and large messages are
-/// written in chunks, so a control frame never waits behind a large message; it may
-/// therefore arrive before messages queued earlier.
+/// written in chunks, so a control frame never waits behind a large message. It may
+/// therefore arrive before messages queued earlier, but never after a message queued
+/// later.
 pub struct MessageSender {
     pub(super) shared: Arc<Shared>,
 }
