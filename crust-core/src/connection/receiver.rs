@@ -24,10 +24,15 @@ impl MessageReceiver {
     /// Receives the next application message, answering pings and skipping other control
     /// frames on the way.
     ///
+    /// Messages the peer sent in chunks are returned whole; pings that arrive while one is
+    /// still incomplete are answered at once.
+    ///
     /// Errors are final: after an error every call returns [`Error::ConnectionClosed`].
     /// A peer that ends the connection, vanishes mid-message, or whose connection we closed
-    /// yields [`Error::ConnectionClosed`]; a peer that announces a message over our maximum
-    /// yields [`Error::MessageTooLarge`] and the connection is closed.
+    /// yields [`Error::ConnectionClosed`]; a peer that announces (or sends the chunks of) a
+    /// message over our maximum yields [`Error::MessageTooLarge`], one that breaks the
+    /// framing (e.g. an empty chunk) [`Error::MalformedFrame`], and the connection is
+    /// closed.
     pub async fn recv(&mut self) -> Result<Bytes> {
         loop {
             let frame = self.recv_frame().await?;
@@ -74,8 +79,9 @@ impl MessageReceiver {
         Ok(added)
     }
 
-    /// Answers a ping with a pong carrying the same payload, unless the send buffer is full
-    /// (a peer pinging faster than it reads gets no answer rather than stalling us).
+    /// Answers a ping with a pong carrying the same payload on the control lane (so it does
+    /// not wait behind our own messages), unless that lane is full (a peer pinging faster
+    /// than it reads gets no answer rather than stalling us).
     pub fn answer_ping(&self, payload: Bytes) {
         let _ = self
             .shared
@@ -83,7 +89,12 @@ impl MessageReceiver {
             .try_push(LaneId::Control, FrameKind::Pong, payload);
     }
 
-    /// Receives the next frame of any kind, for code that handles control messages itself.
+    /// Receives the next frame, for code that handles control messages itself: a whole
+    /// application message ([`FrameKind::Message`], reassembled if the peer sent it in
+    /// chunks; never a [`FrameKind::MessageChunk`]) or a control frame of any kind. Control
+    /// frames that arrive while a chunked message is incomplete are returned at once, so a
+    /// ping is seen without waiting for a large message to end. Errors as
+    /// [`MessageReceiver::recv`].
     pub async fn recv_frame(&mut self) -> Result<Frame> {
         if let Some(e) = self.pending_error.take() {
             return Err(*e);

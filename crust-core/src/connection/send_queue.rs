@@ -198,7 +198,7 @@ impl SendQueue {
                 if state.closed {
                     return Err(Error::ConnectionClosed);
                 }
-                let queued_before = next;
+                let first = next;
                 while let Some(payload) = frames.get(next) {
                     let queued = state.lane(lane).bytes;
                     if queued > 0 && queued + wire::FRAME_HEADER_LEN + payload.len() > limit {
@@ -212,7 +212,7 @@ impl SendQueue {
                     space.as_mut().enable();
                     space
                 });
-                if next != queued_before {
+                if next != first {
                     self.unlock_and_wake_writer(state);
                 }
                 wait

@@ -90,8 +90,9 @@ impl MessageSender {
     /// Waits only while the control queue is full (its own limit,
     /// [`ConnectionConfig::control_buffer_bytes`](crate::ConnectionConfig::control_buffer_bytes)),
     /// never for application messages. Fails with [`Error::NotControlKind`] for a data
-    /// kind, [`Error::MessageTooLarge`] over the maximum message size (nothing queued, the
-    /// connection stays usable), and [`Error::ConnectionClosed`] once closed.
+    /// kind, [`Error::MessageTooLarge`] over the maximum message size or the 4 GiB one
+    /// frame can carry (control frames are never chunked; nothing queued, the connection
+    /// stays usable), and [`Error::ConnectionClosed`] once closed.
     ///
     /// ```no_run
     /// # async fn demo(conn: crust_core::Connection) -> crust_core::Result<()> {
@@ -105,7 +106,7 @@ impl MessageSender {
         if !kind.is_control() {
             return Err(Error::NotControlKind(kind));
         }
-        self.check_size(&payload)?;
+        self.check_control_size(&payload)?;
         self.shared
             .queue
             .push(LaneId::Control, kind, std::slice::from_ref(&payload))
@@ -118,7 +119,7 @@ impl MessageSender {
     /// addresses). Data kinds, oversized payloads and a closed connection give `false`.
     pub fn try_send_control(&self, kind: FrameKind, payload: Bytes) -> bool {
         kind.is_control()
-            && payload.len() <= self.shared.queue.max_message_size
+            && self.check_control_size(&payload).is_ok()
             && matches!(
                 self.shared.queue.try_push(LaneId::Control, kind, payload),
                 Ok(None)
@@ -158,8 +159,19 @@ impl MessageSender {
         }
     }
 
+    /// Refuses a message over the maximum message size.
     fn check_size(&self, payload: &Bytes) -> Result<()> {
-        let max = self.shared.queue.max_message_size;
+        Self::check_len(payload, self.shared.queue.max_message_size)
+    }
+
+    /// Refuses a control payload over the maximum message size, or over what one frame
+    /// can carry (control frames are never chunked).
+    fn check_control_size(&self, payload: &Bytes) -> Result<()> {
+        let one_frame = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+        Self::check_len(payload, self.shared.queue.max_message_size.min(one_frame))
+    }
+
+    fn check_len(payload: &Bytes, max: usize) -> Result<()> {
         if payload.len() > max {
             return Err(Error::MessageTooLarge {
                 size: payload.len() as u64,
