@@ -262,9 +262,10 @@ impl SendQueue {
                 let frame_len = wire::FRAME_HEADER_LEN + payload.len();
                 if lane.tail.len() + frame_len > self.chunk_size {
                     // Coalesce at most a chunk: the writer lets control frames pass
-                    // between sealed runs. Sealing before the tail outgrows a chunk also
-                    // spares a copy when it would otherwise grow past its allocation.
+                    // between sealed runs. The next run gets room for a whole chunk at
+                    // once (a busy connection), so it never grows by copying.
                     lane.seal();
+                    lane.tail.reserve(self.chunk_size.min(SPARE_BUFFER_LIMIT));
                 }
                 lane.tail.reserve(frame_len);
                 wire::put_frame_header(&mut lane.tail, kind, payload.len())?;
