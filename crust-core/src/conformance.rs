@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
+use crate::wire::FrameKind;
 use crate::{Connection, ConnectionConfig, Error, Identity, Listener, PeerId, Transport};
 
 /// Upper bound on any single case: a safety net against hangs, never a performance assertion.
@@ -63,6 +64,7 @@ macro_rules! conformance_tests {
             hundred_concurrent_connections,
             both_sides_see_authenticated_peer_ids,
             batched_send_and_receive_keep_order,
+            control_frames_pass_a_large_message,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -494,6 +496,63 @@ pub async fn batched_send_and_receive_keep_order(factory: &dyn TransportFactory)
         client.close().await;
         let err = server.recv().await.expect_err("closed");
         assert!(matches!(err, Error::ConnectionClosed), "{err:?}");
+    })
+    .await
+}
+
+/// With a 16 MiB message in flight, control frames queued after it (with
+/// `try_send_control`, and with `send_control` for a plug-in's own kind) reach the peer
+/// before the message ends: the receiver, reading with `recv_frame`, gets both before the
+/// `Message`, which then arrives whole. Deterministic: the receiver starts reading only once
+/// both control frames are queued, and a fresh connection's transport buffers (socket
+/// buffers, QUIC flow-control window) hold far less than 16 MiB, so the message cannot have
+/// been written completely by then.
+pub async fn control_frames_pass_a_large_message(factory: &dyn TransportFactory) {
+    within("control frames vs a 16 MiB message", async {
+        const BIG: usize = 16 * 1024 * 1024;
+        let config = ConnectionConfig::default().with_max_message_size(BIG);
+        let mut p = pair(factory, config.clone(), config).await;
+        let (client, server) = p.connect().await;
+        let (_server_sender, mut server) = server.split();
+        let big = pattern(BIG, 42);
+        client
+            .send(big.clone())
+            .await
+            .expect("queue the large message");
+        let sender = client.sender();
+        assert!(
+            sender.try_send_control(FrameKind::Ping, Bytes::from_static(b"ping")),
+            "the control lane is empty"
+        );
+        sender
+            .send_control(FrameKind::Unknown(0xc0), Bytes::from_static(b"plug-in"))
+            .await
+            .expect("queue a plug-in control frame");
+        let mut before = Vec::new();
+        let message = loop {
+            let frame = server.recv_frame().await.expect("recv_frame");
+            match frame.kind {
+                FrameKind::Message => break frame.payload,
+                kind => before.push((kind, frame.payload)),
+            }
+        };
+        assert_eq!(
+            before,
+            [
+                (FrameKind::Ping, Bytes::from_static(b"ping")),
+                (FrameKind::Unknown(0xc0), Bytes::from_static(b"plug-in")),
+            ],
+            "control frames must arrive before the 16 MiB message ends"
+        );
+        assert_eq!(message.len(), BIG, "the message arrives whole");
+        assert!(message == big, "the message arrives intact");
+        // The connection carries on normally.
+        client
+            .send(Bytes::from_static(b"after"))
+            .await
+            .expect("send");
+        assert_eq!(&server.recv().await.expect("recv")[..], b"after");
+        client.close().await;
     })
     .await
 }

@@ -24,11 +24,23 @@ pub enum Error {
     /// A message is larger than the configured maximum; it was neither sent nor buffered.
     #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge {
-        /// Size of the offending message in bytes (as announced by the frame header when received).
+        /// Size of the offending message in bytes. When received: as announced by the frame
+        /// header, or for a message arriving in chunks the sum of its chunks when it went
+        /// over the maximum (a lower bound of its size).
         size: u64,
         /// The configured maximum message size in bytes.
         max: usize,
     },
+    /// A frame kind that carries application data was given where a control kind is
+    /// required: [`FrameKind::Message`](crate::wire::FrameKind::Message) to
+    /// [`MessageSender::send_control`](crate::MessageSender::send_control), or
+    /// [`FrameKind::MessageChunk`](crate::wire::FrameKind::MessageChunk), which only the
+    /// connection itself writes, to any send method. Nothing was queued; the connection
+    /// stays usable.
+    #[error(
+        "frame kind {0:?} is not a control kind (messages go through send(), chunks are the connection's own)"
+    )]
+    NotControlKind(crate::wire::FrameKind),
     /// The peer sent bytes that are not a valid Crust frame.
     #[error("malformed frame: {0}")]
     MalformedFrame(&'static str),

@@ -8,7 +8,8 @@
 //! - [`Endpoint`]: a [`Protocol`] plus a socket address (`tcp://203.0.113.7:4321`);
 //! - the plug-in traits [`Transport`] (with [`Listener`]), [`Discovery`] and [`NatTraverser`];
 //! - [`Connection`]: the authenticated, message-oriented connection every transport yields,
-//!   with framing ([`wire`]), size limits and batching implemented once, here;
+//!   with framing ([`wire`]), size limits, batching, and a priority lane for control frames
+//!   that large messages (sent in chunks) never hold up, implemented once, here;
 //! - [`tls`]: the rustls configuration (TLS 1.3, mutual authentication, key pinning) that
 //!   every transport uses;
 //! - [`Error`]: one typed error for all of it;

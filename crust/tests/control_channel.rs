@@ -51,6 +51,7 @@ async fn reserved_and_taken_kinds_are_refused() {
         FrameKind::Pong,
         FrameKind::ObservedAddress,
         FrameKind::Superseded,
+        FrameKind::MessageChunk,
         FrameKind::Unknown(20),
     ] {
         assert!(
@@ -100,4 +101,62 @@ async fn a_full_channel_drops_and_counts_but_messages_still_flow() {
     // Frames travel in order, so all five arrived before the message: one was queued,
     // four dropped and counted; delivery of messages never waited on the plug-in.
     assert_eq!(b_chan.dropped(), 4);
+}
+
+/// A control frame sent after a 16 MiB message reaches the peer before the message ends
+/// (the control lane overtakes the message at a chunk boundary). The receiving side is a
+/// raw transport connection, so the order of frames on the wire is what it sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_mib_message_does_not_delay_a_control_frame() {
+    use crust_core::Transport;
+    init_tracing();
+    let (alice, _ae) = node(ServiceConfig::loopback().with_rudp(false)).await;
+    let bob_identity = crust::Identity::generate().expect("identity");
+    let bob = crust_tcp::TcpTransport::new(bob_identity.clone(), crust_tcp::TcpConfig::default())
+        .expect("transport");
+    let mut listener = bob
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("listen");
+    let bob_endpoint = listener.local_endpoint();
+    let channel = alice
+        .control_channel(FrameKind::Unknown(77), 4)
+        .expect("claim");
+    let targets = [bob_endpoint];
+    let (connected, accepted) = tokio::join!(
+        alice.connect(&targets, Some(bob_identity.peer_id())),
+        listener.accept()
+    );
+    let bob_id = connected.expect("connect");
+    let (_bob_sender, mut bob_receiver) = accepted.expect("accept").split();
+
+    let big = bytes::Bytes::from(vec![7u8; 16 * 1024 * 1024]);
+    alice.send(bob_id, big.clone()).await.expect("queue 16 MiB");
+    channel
+        .send(bob_id, "urgent".into())
+        .await
+        .expect("control");
+
+    let mut control_seen = false;
+    loop {
+        let frame = tokio::time::timeout(common::SAFETY_NET, bob_receiver.recv_frame())
+            .await
+            .expect("bounded")
+            .expect("frame");
+        match frame.kind {
+            FrameKind::Unknown(77) => {
+                assert_eq!(&frame.payload[..], b"urgent");
+                control_seen = true;
+            }
+            FrameKind::Message => {
+                assert_eq!(frame.payload.len(), big.len());
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        control_seen,
+        "the control frame arrived only after the 16 MiB message"
+    );
 }

@@ -1,22 +1,10 @@
-//! The Crust wire format: the clear-text preamble and the frames that follow the handshake.
-//!
-//! See `docs/protocol.md` for the normative description. In short:
-//!
-//! ```text
-//! preamble (both sides, clear text, 8 bytes):  "CRST" | max_version: u16 BE | min_version: u16 BE
-//! frame (inside TLS / the QUIC stream):         length: u32 BE | kind: u8 | payload (length bytes)
-//! ```
-//!
-//! `length` counts only the payload, so the configured maximum message size bounds it
-//! directly; it is checked against the maximum *before* any buffer is reserved.
+//! The clear-text preamble that opens every Crust stream, and version negotiation.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_util::codec::Decoder;
 
 use crate::{Error, Result};
 
@@ -25,15 +13,19 @@ pub const MAGIC: [u8; 4] = *b"CRST";
 /// Length of the preamble in bytes.
 pub const PREAMBLE_LEN: usize = 8;
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 sends messages larger than the chunk size as
+/// [`FrameKind::MessageChunk`](super::FrameKind::MessageChunk) frames.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
-/// Length of a frame header: 4 bytes payload length, 1 byte kind.
-pub const FRAME_HEADER_LEN: usize = 5;
-/// The QUIC ALPN identifier, which plays the preamble's role on QUIC connections.
+///
+/// Version 1 is refused ([`Error::VersionMismatch`]): a version 1 receiver would skip
+/// chunk frames as an unknown kind and silently lose the start of every large message.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// The QUIC ALPN identifier. It names the protocol family, not a version: versions are
+/// negotiated by the preamble on QUIC too, so an incompatible peer gets a typed
+/// [`Error::VersionMismatch`] rather than an opaque TLS alert. Unchanged by version 2.
 pub const ALPN: &[u8] = b"crust/1";
-/// Default maximum message (frame payload) size: 16 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// The preamble bytes for the given supported version range.
 pub const fn preamble(max_version: u16, min_version: u16) -> [u8; PREAMBLE_LEN] {
@@ -306,201 +298,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for PreambleStream<S> {
     }
 }
 
-/// What a frame carries. Receivers skip frames of kinds they do not know, so new control
-/// messages can be introduced without breaking older peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FrameKind {
-    /// An application message (what `send()` sends and `recv()` returns).
-    Message,
-    /// Liveness probe; the receiver answers with [`FrameKind::Pong`] carrying the same payload.
-    Ping,
-    /// Answer to a [`FrameKind::Ping`].
-    Pong,
-    /// Control: the address at which the sender observes the receiver (for NAT traversal).
-    ObservedAddress,
-    /// Control: peer exchange (gossip of known peers' endpoints).
-    PeerExchange,
-    /// Control: connection information relayed through a common peer (hole-punch rendezvous).
-    ConnectionInfoRelay,
-    /// Control: the sender is about to end this connection because another connection to
-    /// the same peer replaces it (duplicate resolution); the receiver should expect the
-    /// successor instead of reporting the peer lost.
-    Superseded,
-    /// A kind this build does not know.
-    Unknown(u8),
-}
-
-impl FrameKind {
-    /// The kind's byte on the wire.
-    pub const fn to_byte(self) -> u8 {
-        match self {
-            FrameKind::Message => 0,
-            FrameKind::Ping => 1,
-            FrameKind::Pong => 2,
-            FrameKind::ObservedAddress => 3,
-            FrameKind::PeerExchange => 4,
-            FrameKind::ConnectionInfoRelay => 5,
-            FrameKind::Superseded => 6,
-            FrameKind::Unknown(b) => b,
-        }
-    }
-
-    /// The kind of a wire byte.
-    pub const fn from_byte(b: u8) -> Self {
-        match b {
-            0 => FrameKind::Message,
-            1 => FrameKind::Ping,
-            2 => FrameKind::Pong,
-            3 => FrameKind::ObservedAddress,
-            4 => FrameKind::PeerExchange,
-            5 => FrameKind::ConnectionInfoRelay,
-            6 => FrameKind::Superseded,
-            other => FrameKind::Unknown(other),
-        }
-    }
-}
-
-/// One decoded frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// What the payload is.
-    pub kind: FrameKind,
-    /// The payload.
-    pub payload: Bytes,
-}
-
-/// Encodes the payload of an [`FrameKind::ObservedAddress`] frame: the address at which the
-/// sender sees the receiver. `4 | ipv4 (4 bytes) | port (2)` or `6 | ipv6 (16) | port (2)`,
-/// big endian.
-pub fn encode_observed_address(addr: std::net::SocketAddr) -> Bytes {
-    let mut out = BytesMut::with_capacity(19);
-    match addr.ip() {
-        std::net::IpAddr::V4(ip) => {
-            out.put_u8(4);
-            out.put_slice(&ip.octets());
-        }
-        std::net::IpAddr::V6(ip) => {
-            out.put_u8(6);
-            out.put_slice(&ip.octets());
-        }
-    }
-    out.put_u16(addr.port());
-    out.freeze()
-}
-
-/// Decodes an [`FrameKind::ObservedAddress`] payload; anything else than exactly one
-/// well-formed address is [`Error::MalformedFrame`].
-pub fn decode_observed_address(payload: &[u8]) -> Result<std::net::SocketAddr> {
-    let bad = || Error::MalformedFrame("bad observed-address payload");
-    let (&family, rest) = payload.split_first().ok_or_else(bad)?;
-    let ip_len = match family {
-        4 => 4,
-        6 => 16,
-        _ => return Err(bad()),
-    };
-    if rest.len() != ip_len + 2 {
-        return Err(bad());
-    }
-    let (ip, port) = rest.split_at(ip_len);
-    let port = u16::from_be_bytes([port[0], port[1]]);
-    let ip = if family == 4 {
-        let octets: [u8; 4] = ip.try_into().map_err(|_| bad())?;
-        std::net::IpAddr::from(octets)
-    } else {
-        let octets: [u8; 16] = ip.try_into().map_err(|_| bad())?;
-        std::net::IpAddr::from(octets)
-    };
-    Ok(std::net::SocketAddr::new(ip, port))
-}
-
-/// Appends a frame header for a payload of `len` bytes to `dst`.
-pub fn put_frame_header(dst: &mut BytesMut, kind: FrameKind, len: usize) -> Result<()> {
-    let len32 = u32::try_from(len).map_err(|_| Error::MessageTooLarge {
-        size: len as u64,
-        max: u32::MAX as usize,
-    })?;
-    dst.reserve(FRAME_HEADER_LEN);
-    dst.put_u32(len32);
-    dst.put_u8(kind.to_byte());
-    Ok(())
-}
-
-/// A `tokio-util` decoder for Crust frames with a maximum payload size.
-///
-/// An announced length above the maximum is refused with [`Error::MessageTooLarge`] before
-/// any memory is reserved for it; a stream that ends inside a frame yields
-/// [`Error::ConnectionClosed`].
-#[derive(Clone, Debug)]
-pub struct FrameDecoder {
-    max_message_size: usize,
-}
-
-impl FrameDecoder {
-    /// A decoder accepting payloads of up to `max_message_size` bytes.
-    pub fn new(max_message_size: usize) -> Self {
-        FrameDecoder { max_message_size }
-    }
-}
-
-impl Decoder for FrameDecoder {
-    type Item = Frame;
-    type Error = Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
-        if src.len() < FRAME_HEADER_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
-        let kind = FrameKind::from_byte(src[4]);
-        let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
-        if len_usize > self.max_message_size {
-            return Err(Error::MessageTooLarge {
-                size: u64::from(len),
-                max: self.max_message_size,
-            });
-        }
-        let total = FRAME_HEADER_LEN + len_usize;
-        if src.len() < total {
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(FRAME_HEADER_LEN);
-        let payload = src.split_to(len_usize).freeze();
-        Ok(Some(Frame { kind, payload }))
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() => Ok(None),
-            None => Err(Error::ConnectionClosed),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    fn encode(kind: FrameKind, payload: &[u8]) -> BytesMut {
-        let mut buf = BytesMut::new();
-        put_frame_header(&mut buf, kind, payload.len()).expect("header");
-        buf.extend_from_slice(payload);
-        buf
-    }
 
     #[test]
     fn preamble_negotiation() {
-        let ours = preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION);
-        assert_eq!(negotiate_version(&ours, 1, 1).expect("same"), 1);
+        // The rules, for a node that speaks version 1 only.
+        assert_eq!(negotiate_version(&preamble(1, 1), 1, 1).expect("same"), 1);
         // A newer peer that still speaks 1 talks 1 with us.
         assert_eq!(negotiate_version(&preamble(3, 1), 1, 1).expect("newer"), 1);
         // A peer that dropped version 1 is refused with a typed error.
         assert!(matches!(
             negotiate_version(&preamble(3, 2), 1, 1),
             Err(Error::VersionMismatch { ours: 1, theirs: 3 })
+        ));
+        // This build speaks 2 with itself and with newer peers that still speak 2 ...
+        let (max, min) = (PROTOCOL_VERSION, MIN_PROTOCOL_VERSION);
+        let ours = preamble(max, min);
+        assert_eq!((max, min), (2, 2));
+        assert_eq!(negotiate_version(&ours, max, min).expect("same"), 2);
+        assert_eq!(
+            negotiate_version(&preamble(5, 2), max, min).expect("newer"),
+            2
+        );
+        // ... and refuses a version 1 peer, which would drop chunks as an unknown kind.
+        assert!(matches!(
+            negotiate_version(&preamble(1, 1), max, min),
+            Err(Error::VersionMismatch { ours: 2, theirs: 1 })
         ));
         assert!(matches!(
             negotiate_version(b"GET / HT", 1, 1),
@@ -540,7 +365,7 @@ mod tests {
         let mut expected_sent = preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION).to_vec();
         expected_sent.extend_from_slice(b"hello");
         for chunk in [1, 3, 8, 64] {
-            let mut theirs = preamble(3, 1).to_vec();
+            let mut theirs = preamble(3, 2).to_vec();
             theirs.extend_from_slice(b"payload after the preamble");
             let (read, sent) = pipelined(theirs, chunk).await;
             assert_eq!(
@@ -559,7 +384,19 @@ mod tests {
             assert!(matches!(read, Err(Error::NotCrust)), "{read:?}");
             let (read, _) = pipelined(preamble(7, 5).to_vec(), chunk).await;
             assert!(
-                matches!(read, Err(Error::VersionMismatch { ours: 1, theirs: 7 })),
+                matches!(
+                    read,
+                    Err(Error::VersionMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: 7
+                    })
+                ),
+                "{read:?}"
+            );
+            // A version 1 peer is refused.
+            let (read, _) = pipelined(preamble(1, 1).to_vec(), chunk).await;
+            assert!(
+                matches!(read, Err(Error::VersionMismatch { ours: 2, theirs: 1 })),
                 "{read:?}"
             );
             // The stream ends inside the preamble.
@@ -572,112 +409,5 @@ mod tests {
             preamble_error(plain).expect_err("not ours").to_string(),
             "plain"
         );
-    }
-
-    #[test]
-    fn four_gib_header_is_refused_without_allocating() {
-        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0][..]);
-        let cap_before = buf.capacity();
-        let mut dec = FrameDecoder::new(DEFAULT_MAX_MESSAGE_SIZE);
-        let err = dec.decode(&mut buf).expect_err("must refuse");
-        assert!(
-            matches!(
-                err,
-                Error::MessageTooLarge {
-                    size: 0xffff_ffff,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        assert_eq!(
-            buf.capacity(),
-            cap_before,
-            "no allocation for the announced size"
-        );
-    }
-
-    #[test]
-    fn partial_frame_at_eof_is_connection_closed() {
-        let mut buf = encode(FrameKind::Message, b"hello");
-        buf.truncate(7);
-        let mut dec = FrameDecoder::new(1024);
-        assert!(dec.decode(&mut buf).expect("partial ok").is_none());
-        assert!(matches!(
-            dec.decode_eof(&mut buf),
-            Err(Error::ConnectionClosed)
-        ));
-        assert!(
-            dec.decode_eof(&mut BytesMut::new())
-                .expect("clean eof")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn observed_addresses_round_trip_and_garbage_is_refused() {
-        for text in ["203.0.113.7:4321", "[2001:db8::1]:65535", "0.0.0.0:0"] {
-            let addr: std::net::SocketAddr = text.parse().expect("addr");
-            let payload = encode_observed_address(addr);
-            assert_eq!(decode_observed_address(&payload).expect("decode"), addr);
-        }
-        for bad in [
-            &b""[..],
-            b"\x04\x01\x02\x03",
-            b"\x05\x01\x02\x03\x04\x00\x01",
-            b"\x04\x01\x02\x03\x04\x00\x01\xff",
-        ] {
-            assert!(matches!(
-                decode_observed_address(bad),
-                Err(Error::MalformedFrame(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn unknown_kinds_survive_decoding() {
-        let mut buf = encode(FrameKind::Unknown(200), b"future");
-        let frame = FrameDecoder::new(64)
-            .decode(&mut buf)
-            .expect("ok")
-            .expect("frame");
-        assert_eq!(frame.kind, FrameKind::Unknown(200));
-        assert_eq!(&frame.payload[..], b"future");
-    }
-
-    proptest! {
-        #[test]
-        fn frames_round_trip_in_any_chunking(
-            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..20),
-            kinds in proptest::collection::vec(any::<u8>(), 20),
-            chunk in 1usize..64,
-        ) {
-            let mut wire = BytesMut::new();
-            for (p, k) in payloads.iter().zip(&kinds) {
-                wire.extend_from_slice(&encode(FrameKind::from_byte(*k), p));
-            }
-            let mut dec = FrameDecoder::new(300);
-            let mut buf = BytesMut::new();
-            let mut out = Vec::new();
-            for piece in wire.chunks(chunk) {
-                buf.extend_from_slice(piece);
-                while let Some(frame) = dec.decode(&mut buf).expect("valid") {
-                    out.push(frame);
-                }
-            }
-            prop_assert_eq!(out.len(), payloads.len());
-            for ((frame, p), k) in out.iter().zip(&payloads).zip(&kinds) {
-                prop_assert_eq!(&frame.payload[..], &p[..]);
-                prop_assert_eq!(frame.kind.to_byte(), *k);
-            }
-        }
-
-        #[test]
-        fn garbage_never_panics_nor_overallocates(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let mut buf = BytesMut::from(&bytes[..]);
-            let mut dec = FrameDecoder::new(1024);
-            while let Ok(Some(_)) = dec.decode(&mut buf) {}
-            prop_assert!(buf.capacity() <= 1024 + 64 + FRAME_HEADER_LEN);
-        }
     }
 }
