@@ -15,6 +15,8 @@
 //!   JSON to `target/bench/latest.json`.
 #![forbid(unsafe_code)]
 
+mod natlab;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -65,6 +67,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the NAT lab: crust-peer nodes behind real Linux NAT in network namespaces (root).
+    ///
+    /// Prints a matrix (cells: observed addresses, filtering, direct dials between NAT
+    /// types, same-NAT peers, a public host) and writes `target/natlab/latest.json`; exits
+    /// non-zero when a result is unexpected. Without root or tools it says what is missing
+    /// and fails, or exits 0 with `--ci`.
+    Natlab(natlab::NatlabArgs),
 }
 
 /// Arguments of the `test` task.
@@ -106,6 +115,7 @@ fn run(task: Task) -> Result<()> {
             cmd.arg("--").args(args);
             xtask.run(cmd)
         }
+        Task::Natlab(args) => natlab::run(&xtask, &args),
     }
 }
 
