@@ -6,13 +6,18 @@
 //!   rustdoc warnings denied (default features, as docs.rs builds, and all
 //!   features). Stops at the first failing step. Every step but the default
 //!   `cargo doc` passes `--all-features`, which turns on `crust/cli`: the
-//!   `crust-peer` binary and its test (`crust/tests/cli.rs`) need it.
+//!   `crust-peer` binary and its test (`crust/tests/cli.rs`) need it. Ends with
+//!   the demo and the NAT lab's short set.
 //! * `cargo xtask ci`: exactly what CI runs, i.e. `test` on the whole
 //!   workspace.
 //! * `cargo xtask demo [ARGS]...`: runs the demo example in release mode.
 //! * `cargo xtask bench [--quick] [ARGS]...`: runs the loopback benchmark
 //!   (`crust/benches/bench.rs`) in release mode; prints a table and writes it as
 //!   JSON to `target/bench/latest.json`.
+//! * `cargo xtask natlab [--quick] [--keep] [--clean] [--ci]`: the NAT lab
+//!   (`src/natlab/`): `crust-peer` nodes behind real Linux NAT in network
+//!   namespaces (root); prints a matrix and writes `target/natlab/latest.json`.
+//!   `test` runs `natlab --quick --ci` last (a skip with its reason when not root).
 #![forbid(unsafe_code)]
 
 mod natlab;
@@ -245,6 +250,26 @@ impl Xtask {
             let mut demo = self.cargo(["run", "-p", package, "--example", example]);
             demo.arg("--quiet");
             self.run(demo)?;
+        }
+
+        // The NAT lab's short set (root only; elsewhere it prints why it skips), with the
+        // crust-peer binary the tests above just built (`--all-features` includes `cli`).
+        if args.packages.is_empty() || args.packages.iter().any(|p| p == "crust") {
+            let bin = natlab::built_peer(self);
+            let mut shown = String::from("cargo xtask natlab --quick --ci");
+            if let Some(bin) = &bin {
+                shown.push_str(&format!(" --peer-bin {}", bin.display()));
+            }
+            println!("==> {shown}");
+            let lab_start = Instant::now();
+            let lab = natlab::NatlabArgs {
+                quick: true,
+                ci: true,
+                peer_bin: bin,
+                ..natlab::NatlabArgs::default()
+            };
+            natlab::run(self, &lab).with_context(|| format!("step `{shown}` failed"))?;
+            println!("    ok in {:.1}s", lab_start.elapsed().as_secs_f64());
         }
 
         println!(

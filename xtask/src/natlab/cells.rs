@@ -564,9 +564,17 @@ fn dial_text(o: &DialOutcome) -> String {
     }
 }
 
-/// The last clause of an error chain, which names the cause (`connection refused`, …).
+/// One word for a dial error (the whole text is in the JSON file).
 fn short_error(e: &str) -> &str {
-    e.rsplit(": ").next().unwrap_or(e)
+    if e.contains("refused") {
+        "refused"
+    } else if e.contains("unreachable") {
+        "unreachable"
+    } else if e.contains("no answer") || e.contains("timed out") || e.contains("timeout") {
+        "timeout"
+    } else {
+        e.rsplit(": ").next().unwrap_or(e)
+    }
 }
 
 fn dial_json(o: &DialOutcome) -> Value {
@@ -588,10 +596,9 @@ mod tests {
         assert_eq!(ip_of("rudp://198.18.0.11:4101"), "198.18.0.11");
         assert_eq!(port_of("rudp://198.18.0.11:4101"), Some(4101));
         assert_eq!(port_of("nonsense"), None);
-        assert_eq!(
-            short_error("dial: tcp: connection refused"),
-            "connection refused"
-        );
+        assert_eq!(short_error("dial: connection refused (nothing)"), "refused");
+        assert_eq!(short_error("no answer within 10 s (offline?)"), "timeout");
+        assert_eq!(short_error("dial: weird"), "weird");
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub(crate) fn run(xtask: &Xtask, args: &NatlabArgs) -> Result<()> {
         };
         for cell in cells {
             let report = ctx.run(cell);
+            if topology::interrupted() {
+                return Err(topology::wait_for_signal_handler());
+            }
             println!(
                 "  {:<40} {:<10} {:>5.1}s",
                 report.name,
@@ -247,6 +250,15 @@ fn target_dir(xtask: &Xtask) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| xtask.root.join("target"))
+}
+
+/// The `crust-peer` an earlier build left in `target/debug`, if any. `cargo xtask test`
+/// uses the one its test step just built with `--all-features`: building it again with
+/// only `cli` would rebuild most dependencies, whose features differ without the
+/// dev-dependencies.
+pub(crate) fn built_peer(xtask: &Xtask) -> Option<PathBuf> {
+    let bin = target_dir(xtask).join("debug").join("crust-peer");
+    bin.exists().then_some(bin)
 }
 
 /// Builds `crust-peer` (debug, feature `cli`) and returns its path.

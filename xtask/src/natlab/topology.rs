@@ -3,15 +3,17 @@
 //! Every namespace is called `natlab-<pid>-<role>` (`natlabk-<pid>-<role>` for a lab
 //! started with `--keep`), so labs of different runs coexist and a lab whose process is dead
 //! is recognisable: [`sweep_stale`] removes those at start-up (kept labs only with
-//! `--clean`). Names are registered in a process-wide list *before* they are created, so
-//! the Ctrl-C/SIGTERM handler ([`install_signal_handler`]) and [`Lab`]'s `Drop` remove
-//! everything that may exist, killing the processes inside first.
+//! `--clean`). Namespaces are created and registered in a process-wide list under one
+//! lock, so the Ctrl-C/SIGTERM handler ([`install_signal_handler`]) and [`Lab`]'s `Drop`
+//! remove everything that exists, killing the processes inside first, and nothing is
+//! created once the handler ran.
 
 use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -22,12 +24,17 @@ pub(crate) const PREFIX: &str = "natlab-";
 /// Namespace prefix of a lab left up by `--keep` (removed by `--clean` only).
 pub(crate) const KEEP_PREFIX: &str = "natlabk-";
 
-/// Namespaces this process created (or is about to), for the signal handler and `Drop`.
+/// Namespaces this process created, for the signal handler and `Drop`.
 static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Set (under the `CREATED` lock) by the signal handler: create nothing more.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// The internet segment: `198.18.0.0/24` (benchmarking range, RFC 2544), a bridge `br0`
 /// in the `inet` namespace.
 const INTERNET: [u8; 3] = [198, 18, 0];
+
+/// Private IPv4 ranges (RFC 1918), dropped silently on the internet segment.
+const PRIVATE: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
 
 /// A place in the lab (one namespace each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,9 +224,7 @@ impl Lab {
 
     fn build(&mut self) -> Result<()> {
         for role in Role::ALL {
-            let ns = self.ns(role);
-            register(&ns);
-            run("ip", &["netns", "add", &ns])?;
+            create_namespace(&self.ns(role))?;
             self.ip_ns(role, &["link", "set", "lo", "up"])?;
         }
         // The internet segment: one bridge, a veth to every public host and router.
@@ -271,6 +276,14 @@ impl Lab {
                 )?;
                 self.ip_ns(r, &["link", "set", host.name(), "master", "lan", "up"])?;
                 self.ip_ns(host, &["link", "set", "eth0", "up"])?;
+            }
+        }
+        // Private destinations are not routed on the internet: their packets vanish (as
+        // they do past a real ISP), so a dial to a private address elsewhere times out
+        // instead of failing at once or not, depending on ICMP rate limits.
+        for role in [Role::Pub, Role::Pub2, Role::R1, Role::R2] {
+            for net in PRIVATE {
+                self.ip_ns(role, &["route", "add", "blackhole", net])?;
             }
         }
         // The public LANs (routers of type `none`) are routed on the internet segment.
@@ -355,19 +368,48 @@ impl Drop for Lab {
     }
 }
 
-/// Notes `ns` for removal by the signal handler, before it is created.
-fn register(ns: &str) {
-    if let Ok(mut created) = CREATED.lock() {
-        created.push(ns.to_owned());
+/// Creates namespace `ns` and registers it for removal, unless the lab was interrupted.
+fn create_namespace(ns: &str) -> Result<()> {
+    let mut created = CREATED
+        .lock()
+        .map_err(|_| anyhow::anyhow!("namespace list poisoned"))?;
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    run("ip", &["netns", "add", ns])?;
+    created.push(ns.to_owned());
+    Ok(())
+}
+
+/// Whether Ctrl-C or SIGTERM arrived (the handler is removing the lab).
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Called by the main thread once it saw [`interrupted`]: the handler is removing the lab
+/// and ends the process with status 130; returning early would cut that short. Bounded.
+pub(crate) fn wait_for_signal_handler() -> anyhow::Error {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = std::time::Instant::now();
+        if now >= until {
+            return anyhow::anyhow!("interrupted, and the lab's removal did not finish");
+        }
+        std::thread::park_timeout(until - now);
     }
 }
 
 /// Removes every namespace registered by this process (the signal handler's job).
 fn remove_registered() {
-    // The main thread may hold the lock while it registers a name; it never blocks there.
     let names = match CREATED.lock() {
-        Ok(mut created) => std::mem::take(&mut *created),
-        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        Ok(mut created) => {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *created)
+        }
+        Err(poisoned) => {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *poisoned.into_inner())
+        }
     };
     for ns in names.iter().rev() {
         remove_namespace(ns);
