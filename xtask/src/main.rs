@@ -79,6 +79,14 @@ enum Task {
     /// non-zero when a result is unexpected. Without root or tools it says what is missing
     /// and fails, or exits 0 with `--ci`.
     Natlab(natlab::NatlabArgs),
+    /// The NAT lab's STUN responder (started by the lab inside its public host).
+    #[command(hide = true)]
+    NatlabStun {
+        /// The server's address.
+        primary: std::net::Ipv4Addr,
+        /// Its second address, for CHANGE-REQUESTs.
+        alternate: std::net::Ipv4Addr,
+    },
 }
 
 /// Arguments of the `test` task.
@@ -121,6 +129,7 @@ fn run(task: Task) -> Result<()> {
             xtask.run(cmd)
         }
         Task::Natlab(args) => natlab::run(&xtask, &args),
+        Task::NatlabStun { primary, alternate } => natlab::upnp::serve_stun(primary, alternate),
     }
 }
 

@@ -15,6 +15,7 @@ use super::nat::NatType;
 use super::node::{DialOutcome, Node, cell_log_dir};
 use super::report::{CellReport, round2};
 use super::topology::{self, Lab, Role, Router};
+use super::upnp;
 
 /// Deadline for a dial that must succeed inside the lab (a few ms in practice).
 const CONNECT: Duration = Duration::from_secs(15);
@@ -51,6 +52,9 @@ pub(crate) enum Cell {
     SameNat(NatType),
     /// `pub` dials a host behind a router without NAT.
     DirectNone,
+    /// miniupnpd on a port-restricted `r1`: `a1` maps its ports with `upnpc`, the public
+    /// nodes dial them, and the mappings go when deleted.
+    Upnp,
 }
 
 impl Cell {
@@ -62,6 +66,7 @@ impl Cell {
             Cell::Pair(a, b) => format!("pair/{a}->{b}"),
             Cell::SameNat(t) => format!("same-nat/{t}"),
             Cell::DirectNone => "direct/none".to_owned(),
+            Cell::Upnp => "upnp/port-restricted".to_owned(),
         }
     }
 
@@ -74,6 +79,7 @@ impl Cell {
         }
         cells.extend(NatType::ALL.iter().map(|t| Cell::SameNat(*t)));
         cells.push(Cell::DirectNone);
+        cells.push(Cell::Upnp);
         cells
     }
 
@@ -136,6 +142,7 @@ impl Ctx<'_> {
             Cell::Pair(a, b) => self.pair(&name, a, b),
             Cell::SameNat(t) => self.same_nat(&name, t),
             Cell::DirectNone => self.direct_none(&name),
+            Cell::Upnp => self.upnp(&name),
         };
         match result {
             Ok(mut report) => {
@@ -191,6 +198,10 @@ impl Ctx<'_> {
         let seen_same = p.same_address.inbound_from(0, &a1.peer_id, FOLLOW_UP)?;
         let learned_other = a1.observed_by(0, &p.other_address.peer_id, FOLLOW_UP)?;
         let learned_same = a1.observed_by(0, &p.same_address.peer_id, FOLLOW_UP)?;
+        // What Crust concludes from these observations (`nat` command).
+        let from = a1.mark();
+        a1.send("nat")?;
+        let class = a1.wait_for(from, FOLLOW_UP, "the answer to nat", |e| e.name() == "nat")?;
         a1.quit();
 
         let mut mismatches = Vec::new();
@@ -227,6 +238,13 @@ impl Ctx<'_> {
                 mismatches.push(format!("{what}: {got}, expected {wanted}"));
             }
         }
+        let nat_type = class.str("nat_type").to_owned();
+        let want_class = expect::classification(nat);
+        if nat_type != want_class {
+            mismatches.push(format!(
+                "crust classifies it as {nat_type:?}, expected {want_class:?}"
+            ));
+        }
         let mapping = if independent {
             "independent"
         } else {
@@ -235,14 +253,14 @@ impl Ctx<'_> {
         Ok(CellReport {
             name: cell.to_owned(),
             outcome: format!(
-                "{} {}{}",
+                "{} {} {} nat={nat_type}",
                 ip_of(&seen_tcp),
                 if tcp_kept && rudp_kept {
                     "kept"
                 } else {
                     "moved"
                 },
-                if independent { " EIM" } else { " EDM" },
+                if independent { "EIM" } else { "EDM" },
             ),
             mismatches,
             details: format!(
@@ -263,6 +281,7 @@ impl Ctx<'_> {
                     "port_preserved": rudp_kept,
                 },
                 "mapping": mapping,
+                "crust_nat": class.value,
             }),
             elapsed: Duration::ZERO,
         })
@@ -450,6 +469,69 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// miniupnpd on `r1` (port-restricted); `a1` maps TCP 4100 and UDP 4101 with `upnpc`,
+    /// `pub` dials the TCP mapping and `pubx` the rUDP one; then `a1` deletes them.
+    fn upnp(&mut self, cell: &str) -> Result<CellReport> {
+        if let Some(missing) = upnp::missing() {
+            return Ok(CellReport {
+                name: cell.to_owned(),
+                outcome: "skipped".to_owned(),
+                mismatches: Vec::new(),
+                details: format!("not installed: {missing}"),
+                data: json!({"skipped": missing}),
+                elapsed: Duration::ZERO,
+            });
+        }
+        self.lab.configure(Router::R1, NatType::PortRestricted)?;
+        let dir = cell_log_dir(&self.logs, cell);
+        let gateway = upnp::start(self.lab, Router::R1, &dir.join("gateway"))?;
+        let p = self.publics;
+        let a1 = self.node(cell, Role::A1, "a1", A1_PORTS)?;
+        let url = upnp::root_desc_url(self.lab, Router::R1);
+        let a1_ns = self.lab.ns(Role::A1);
+        let a1_ip = self.lab.ip(Role::A1).to_string();
+        let upnpc = |args: &[&str]| -> Result<String> {
+            let mut full = vec!["netns", "exec", a1_ns.as_str(), "upnpc", "-u", url.as_str()];
+            full.extend_from_slice(args);
+            topology::output("ip", &full)
+        };
+        let (tcp, udp) = (A1_PORTS.0.to_string(), A1_PORTS.1.to_string());
+        upnpc(&["-e", "natlab", "-a", &a1_ip, &tcp, &tcp, "TCP"])?;
+        upnpc(&["-e", "natlab", "-a", &a1_ip, &udp, &udp, "UDP"])?;
+        let mapped = gateway.mappings()?;
+        let wan = Router::R1.wan_ip();
+        let tcp_dial = p.rendezvous.dial(&format!("tcp://{wan}:{tcp}"))?;
+        let rudp_dial = p.same_address.dial(&format!("rudp://{wan}:{udp}"))?;
+        let tcp_outcome = p.rendezvous.finish_dial(tcp_dial, DIAL_OUTCOME);
+        let rudp_outcome = p.same_address.finish_dial(rudp_dial, DIAL_OUTCOME);
+        upnpc(&["-d", &tcp, "TCP"])?;
+        upnpc(&["-d", &udp, "UDP"])?;
+        let left = gateway.mappings()?;
+        let mut report = reached_report(
+            cell,
+            &a1,
+            [("tcp", tcp_outcome), ("rudp", rudp_outcome)],
+            json!({"nat": "port-restricted", "dnat_rules": mapped, "after_delete": left}),
+        )?;
+        let made = mapped.matches("dnat").count();
+        let remaining = left.matches("dnat").count();
+        if made != 2 {
+            report
+                .mismatches
+                .push(format!("{made} DNAT rules after two mappings"));
+        }
+        if remaining != 0 {
+            report
+                .mismatches
+                .push(format!("{remaining} DNAT rules left after deleting"));
+        }
+        report.outcome = format!("{} (mapped {made}, left {remaining})", report.outcome);
+        drop(gateway);
+        Ok(report)
+    }
+}
+
 /// The report of a cell whose dials must all reach `target`.
 fn reached_report<const N: usize>(
     cell: &str,
@@ -604,7 +686,7 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1);
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));

@@ -1,9 +1,8 @@
 //! What each cell should show *today*, stated as code so that a regression and an
 //! improvement both print `unexpected` (and make `cargo xtask natlab` exit non-zero).
 //!
-//! Update these when the behaviour changes on purpose: dialling from the listening port
-//! over TCP (issue 9) makes TCP observations name a usable port; hole punching (issue 10)
-//! makes direct dials between NATed hosts succeed.
+//! Update these when the behaviour changes on purpose: hole punching (issue 10) makes
+//! direct dials between NATed hosts succeed.
 
 use super::nat::NatType;
 
@@ -24,6 +23,17 @@ pub(crate) fn observation(nat: NatType) -> Observation {
     Observation {
         port_preserved: !symmetric,
         endpoint_independent_mapping: !symmetric,
+    }
+}
+
+/// What Crust's NAT classification (`crust-peer`'s `nat` command, `nat_type`) should say
+/// after the observation cell: filtering is not learnt from observations, so the three
+/// cones are all `cone`.
+pub(crate) fn classification(nat: NatType) -> &'static str {
+    match nat {
+        NatType::None => "public",
+        NatType::FullCone | NatType::AddressRestricted | NatType::PortRestricted => "cone",
+        NatType::Symmetric => "symmetric",
     }
 }
 
@@ -72,19 +82,19 @@ impl Target {
 
 /// Whether `a1` (behind `_a`) reaches `b1` (behind `b`) by dialling `target`, today.
 ///
-/// - The observed TCP endpoint names the throw-away port `b1` dialled `pub` from: nothing
-///   listens there, whatever the NAT (until issue 9 dials from the listening port).
-/// - The observed rUDP endpoint is `b1`'s listening socket behind its mapping: reachable
-///   when nothing filters (no NAT) or the NAT lets anyone in (full cone). `b1` never sent
-///   anything to `a1`, so restricted cones and symmetric NATs drop the dial.
+/// - The observed endpoints are `b1`'s listening sockets behind its mapping (TCP dials
+///   leave from the listening port, QUIC from its one socket): reachable when nothing
+///   filters (no NAT) or the NAT lets anyone in (full cone). `b1` never sent anything to
+///   `a1`, so restricted cones and symmetric NATs drop the dial.
 /// - LAN endpoints are reachable from elsewhere only when they are public (no NAT); private
 ///   ones are not routed on the internet segment.
 ///
 /// `a1`'s own NAT does not matter without hole punching: its outbound packets always pass.
 pub(crate) fn direct_dial(_a: NatType, b: NatType, target: Target) -> bool {
     match target {
-        Target::ObservedTcp => false,
-        Target::ObservedRudp => matches!(b, NatType::None | NatType::FullCone),
+        Target::ObservedTcp | Target::ObservedRudp => {
+            matches!(b, NatType::None | NatType::FullCone)
+        }
         Target::LanTcp | Target::LanRudp => b == NatType::None,
     }
 }

@@ -2,10 +2,10 @@
 //! network namespaces), no simulation. Prints a matrix, writes `target/natlab/latest.json`.
 //!
 //! ```text
-//!            internet segment 198.18.0.0/24 (bridge br0 in namespace `inet`)
+//!            internet segment 198.18.0.0/16 (bridge br0 in namespace `inet`)
 //!    +--------------+--------------+-----------------------+------------------------+
 //!    |              |              |                       |
-//!  pub .2         pub2 .3        wan .11                 wan .12
+//!  pub 0.2        pub2 2.2       wan 0.11                wan 0.12
 //!  pub  :4000/1   pub2 :4000/1   r1  nft: NAT type X     r2  nft: NAT type Y
 //!  pubx :4002/3                  |   WAN input firewall  |   WAN input firewall
 //!  (rendezvous                   lan bridge .1           lan bridge .1
@@ -30,7 +30,8 @@
 //! conntrack tables), start fresh hosts, drive them over stdin/stdout JSON lines
 //! (`node.rs`) and compare with today's expectations (`expect.rs`); `report.rs` prints the
 //! matrix. `topology.rs` builds and removes the namespaces: a guard's `Drop`, a Ctrl-C /
-//! SIGTERM handler and a start-up sweep of labs whose process is dead.
+//! SIGTERM handler and a start-up sweep of labs whose process is dead. `upnp.rs` runs
+//! miniupnpd (UPnP IGD, NAT-PMP, PCP) on a router, with the STUN responder it needs.
 //!
 //! Needs root and `ip`, `nft`, `conntrack`, `ss`. Without them it prints what is missing
 //! and exits 0 with `--ci` (what `cargo xtask test` passes), non-zero otherwise. Exits
@@ -42,6 +43,7 @@ mod nat;
 mod node;
 mod report;
 mod topology;
+pub(crate) mod upnp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -87,6 +89,9 @@ pub(crate) struct NatlabArgs {
     /// Build the lab without running any cell (with --keep: a lab to poke at by hand).
     #[arg(long)]
     pub(crate) no_cells: bool,
+    /// With --keep: also leave miniupnpd (UPnP IGD, NAT-PMP, PCP) running on r1.
+    #[arg(long)]
+    pub(crate) upnp: bool,
 }
 
 fn parse_nat(text: &str) -> Result<NatType, String> {
@@ -215,6 +220,22 @@ fn keep(lab: &mut Lab, args: &NatlabArgs, bin: &Path) -> Result<()> {
     let r2 = args.r2.unwrap_or(NatType::PortRestricted);
     lab.configure(Router::R1, r1)?;
     lab.configure(Router::R2, r2)?;
+    let upnp = if args.upnp {
+        let dir = target_dir_of(bin)
+            .join("natlab")
+            .join(format!("{}upnp", lab.prefix()));
+        let gateway = upnp::start(lab, Router::R1, &dir)?;
+        let note = format!(
+            "miniupnpd on r1 (files in {}): ip netns exec {} upnpc -u {} -l",
+            dir.display(),
+            lab.ns(Role::A1),
+            upnp::root_desc_url(lab, Router::R1),
+        );
+        gateway.detach();
+        Some(note)
+    } else {
+        None
+    };
     let ns = |role: Role| lab.ns(role);
     println!();
     println!(
@@ -241,8 +262,18 @@ fn keep(lab: &mut Lab, args: &NatlabArgs, bin: &Path) -> Result<()> {
     println!(
         "  a lab of other types:    cargo xtask natlab --keep --no-cells --r1 symmetric --r2 full-cone"
     );
+    if let Some(note) = upnp {
+        println!("  {note}");
+    }
     println!("  tear down:               cargo xtask natlab --clean");
     Ok(())
+}
+
+/// The target directory a `target/debug/crust-peer` lives in (or `target/`).
+fn target_dir_of(bin: &Path) -> PathBuf {
+    bin.parent()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
 }
 
 /// `$CARGO_TARGET_DIR`, or `target/` in the workspace.

@@ -29,9 +29,10 @@ static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Set (under the `CREATED` lock) by the signal handler: create nothing more.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The internet segment: `198.18.0.0/24` (benchmarking range, RFC 2544), a bridge `br0`
-/// in the `inet` namespace.
-const INTERNET: [u8; 3] = [198, 18, 0];
+/// The internet segment: `198.18.0.0/16` (benchmarking range, RFC 2544), a bridge `br0`
+/// in the `inet` namespace. `pub2` sits in another /24 than `pub` and the routers, so the
+/// two observers count as two networks for Crust's NAT classification.
+const INTERNET_PREFIX: u8 = 16;
 
 /// Private IPv4 ranges (RFC 1918), dropped silently on the internet segment.
 const PRIVATE: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
@@ -86,14 +87,14 @@ impl Role {
 
     /// The address on the internet segment (public hosts and routers' WAN side).
     pub(crate) fn wan_ip(self) -> Option<Ipv4Addr> {
-        let host = match self {
-            Role::Pub => 2,
-            Role::Pub2 => 3,
-            Role::R1 => 11,
-            Role::R2 => 12,
+        let (net, host) = match self {
+            Role::Pub => (0, 2),
+            Role::Pub2 => (2, 2),
+            Role::R1 => (0, 11),
+            Role::R2 => (0, 12),
             _ => return None,
         };
-        Some(Ipv4Addr::new(INTERNET[0], INTERNET[1], INTERNET[2], host))
+        Some(Ipv4Addr::new(198, 18, net, host))
     }
 
     /// For a host behind a router: the router and the host's last address byte.
@@ -117,7 +118,8 @@ pub(crate) enum Router {
 }
 
 impl Router {
-    fn role(self) -> Role {
+    /// The router's place in the lab.
+    pub(crate) fn role(self) -> Role {
         match self {
             Router::R1 => Role::R1,
             Router::R2 => Role::R2,
@@ -209,6 +211,18 @@ impl Lab {
         }
     }
 
+    /// The router's own address on its LAN now, e.g. `10.1.0.1`.
+    pub(crate) fn router_lan_ip(&self, router: Router) -> Ipv4Addr {
+        let [a, b, c] = router.lan(self.nat(router));
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// The LAN behind `router` now, e.g. `10.1.0.0/24`.
+    pub(crate) fn lan_subnet(&self, router: Router) -> String {
+        let [a, b, c] = router.lan(self.nat(router));
+        format!("{a}.{b}.{c}.0/24")
+    }
+
     fn ip_ns(&self, role: Role, args: &[&str]) -> Result<()> {
         let ns = self.ns(role);
         let mut full = vec!["-n", ns.as_str()];
@@ -241,7 +255,10 @@ impl Lab {
             )?;
             self.ip_ns(Role::Inet, &["link", "set", name, "master", "br0", "up"])?;
             self.ip_ns(role, &["link", "set", "wan", "up"])?;
-            let addr = format!("{}/24", role.wan_ip().context("public role")?);
+            let addr = format!(
+                "{}/{INTERNET_PREFIX}",
+                role.wan_ip().context("public role")?
+            );
             self.ip_ns(role, &["addr", "add", &addr, "dev", "wan"])?;
         }
         // Routers: a LAN bridge with a veth to each host, forwarding on.
