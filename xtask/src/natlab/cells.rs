@@ -55,6 +55,9 @@ pub(crate) enum Cell {
     /// miniupnpd on a port-restricted `r1`: `a1` maps its ports with `upnpc`, the public
     /// nodes dial them, and the mappings go when deleted.
     Upnp,
+    /// `pub` sends to `r1`'s WAN port before `a1` uses it (an early punch); `a1`'s mapping
+    /// towards `pub` must still keep its port (the WAN input firewall's job).
+    EarlyPunch,
 }
 
 impl Cell {
@@ -67,6 +70,7 @@ impl Cell {
             Cell::SameNat(t) => format!("same-nat/{t}"),
             Cell::DirectNone => "direct/none".to_owned(),
             Cell::Upnp => "upnp/port-restricted".to_owned(),
+            Cell::EarlyPunch => "early-punch/port-restricted".to_owned(),
         }
     }
 
@@ -79,6 +83,7 @@ impl Cell {
         }
         cells.extend(NatType::ALL.iter().map(|t| Cell::SameNat(*t)));
         cells.push(Cell::DirectNone);
+        cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
         cells
     }
@@ -143,6 +148,7 @@ impl Ctx<'_> {
             Cell::SameNat(t) => self.same_nat(&name, t),
             Cell::DirectNone => self.direct_none(&name),
             Cell::Upnp => self.upnp(&name),
+            Cell::EarlyPunch => self.early_punch(&name),
         };
         match result {
             Ok(mut report) => {
@@ -532,6 +538,78 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// `pub` dials `r1`'s WAN address at the port `a1` will use (nothing is mapped there
+    /// yet: the packets reach the router itself); then `a1` connects to `pub` over rUDP.
+    /// Without the WAN input firewall the early packets leave a conntrack entry whose tuple
+    /// is the one `a1`'s mapping needs, and masquerade moves `a1` to another port.
+    fn early_punch(&mut self, cell: &str) -> Result<CellReport> {
+        self.lab.configure(Router::R1, NatType::PortRestricted)?;
+        let p = self.publics;
+        let target = format!("rudp://{}:{}", Router::R1.wan_ip(), A1_PORTS.1);
+        let punch = p.rendezvous.dial(&target)?;
+        // The QUIC Initial leaves at once; make sure the router saw it before a1 starts.
+        let seen = wait_for_drop(self.lab, Router::R1)?;
+        let a1 = self.node(cell, Role::A1, "a1", A1_PORTS)?;
+        must_connect(&a1, &p.rendezvous, "rudp")?;
+        let mapped = p.rendezvous.inbound_from(0, &a1.peer_id, FOLLOW_UP)?;
+        a1.quit();
+        // The punch dial fails after the handshake timeout; wait for it, so that its late
+        // answer cannot be taken for the answer to a later dial to the same endpoint.
+        let punch = p.rendezvous.finish_dial(punch, DIAL_OUTCOME);
+        let kept = port_of(&mapped) == Some(A1_PORTS.1);
+        let mut mismatches = Vec::new();
+        if !kept {
+            mismatches.push(format!(
+                "a1's mapping moved to {mapped} after an early packet"
+            ));
+        }
+        if punch.connected() {
+            mismatches.push("the early dial reached something".to_owned());
+        }
+        Ok(CellReport {
+            name: cell.to_owned(),
+            outcome: format!("port {}", if kept { "kept" } else { "moved" }),
+            mismatches,
+            details: format!(
+                "early packets dropped by r1's input firewall: {seen} | a1 then mapped to {mapped}"
+            ),
+            data: json!({"early_dial": dial_json(&punch), "mapped": mapped, "dropped_by_input_firewall": seen}),
+            elapsed: Duration::ZERO,
+        })
+    }
+}
+
+/// Waits (bounded) until `router`'s WAN input firewall has dropped a packet, read from the
+/// rule's counter; returns how many.
+fn wait_for_drop(lab: &Lab, router: Router) -> Result<u64> {
+    let ns = lab.ns(router.role());
+    let until = Instant::now() + FOLLOW_UP;
+    loop {
+        let out = topology::output(
+            "ip",
+            &[
+                "netns", "exec", &ns, "nft", "list", "chain", "ip", "natlab", "input",
+            ],
+        )?;
+        let dropped = out
+            .lines()
+            .find(|l| l.contains("iifname \"wan\"") && l.trim_end().ends_with("drop"))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if dropped > 0 {
+            return Ok(dropped);
+        }
+        if Instant::now() >= until {
+            bail!("r1 dropped nothing within {}s", FOLLOW_UP.as_secs());
+        }
+        // Polling a counter: there is no event to wait for. Bounded by the deadline.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The report of a cell whose dials must all reach `target`.
 fn reached_report<const N: usize>(
     cell: &str,
@@ -686,7 +764,7 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1);
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));
