@@ -24,6 +24,9 @@ const CONNECT: Duration = Duration::from_secs(15);
 const DIAL_OUTCOME: Duration = Duration::from_secs(30);
 /// Deadline for an event that follows a connection (observed address, inbound peer).
 const FOLLOW_UP: Duration = Duration::from_secs(10);
+/// Deadline for a node's port mapping through the lab's miniupnpd (probing takes up to
+/// 2 s, a mapping a few round trips).
+const MAPPING: Duration = Duration::from_secs(20);
 
 /// Fixed `(tcp, rudp)` ports of each node.
 const PUB_PORTS: (u16, u16) = (4000, 4001);
@@ -55,6 +58,10 @@ pub(crate) enum Cell {
     /// miniupnpd on a port-restricted `r1`: `a1` maps its ports with `upnpc`, the public
     /// nodes dial them, and the mappings go when deleted.
     Upnp,
+    /// miniupnpd on a port-restricted `r1` and `a1` mapping its own ports (crust-peer's
+    /// default): the public nodes dial the mapped endpoints; `a1`'s mappings go when it
+    /// quits.
+    UpnpCrust,
     /// `pub` sends to `r1`'s WAN port before `a1` uses it (an early punch); `a1`'s mapping
     /// towards `pub` must still keep its port (the WAN input firewall's job).
     EarlyPunch,
@@ -71,6 +78,7 @@ impl Cell {
             Cell::DirectNone => "direct/none".to_owned(),
             Cell::Upnp => "upnp/port-restricted".to_owned(),
             Cell::EarlyPunch => "early-punch/port-restricted".to_owned(),
+            Cell::UpnpCrust => "upnp/crust-peer-maps".to_owned(),
         }
     }
 
@@ -85,6 +93,7 @@ impl Cell {
         cells.push(Cell::DirectNone);
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
+        cells.push(Cell::UpnpCrust);
         cells
     }
 
@@ -149,6 +158,7 @@ impl Ctx<'_> {
             Cell::DirectNone => self.direct_none(&name),
             Cell::Upnp => self.upnp(&name),
             Cell::EarlyPunch => self.early_punch(&name),
+            Cell::UpnpCrust => self.upnp_crust(&name),
         };
         match result {
             Ok(mut report) => {
@@ -480,14 +490,7 @@ impl Ctx<'_> {
     /// `pub` dials the TCP mapping and `pubx` the rUDP one; then `a1` deletes them.
     fn upnp(&mut self, cell: &str) -> Result<CellReport> {
         if let Some(missing) = upnp::missing() {
-            return Ok(CellReport {
-                name: cell.to_owned(),
-                outcome: "skipped".to_owned(),
-                mismatches: Vec::new(),
-                details: format!("not installed: {missing}"),
-                data: json!({"skipped": missing}),
-                elapsed: Duration::ZERO,
-            });
+            return Ok(skipped(cell, &missing));
         }
         self.lab.configure(Router::R1, NatType::PortRestricted)?;
         let dir = cell_log_dir(&self.logs, cell);
@@ -577,6 +580,71 @@ impl Ctx<'_> {
             data: json!({"early_dial": dial_json(&punch), "mapped": mapped, "dropped_by_input_firewall": seen}),
             elapsed: Duration::ZERO,
         })
+    }
+}
+
+impl Ctx<'_> {
+    /// miniupnpd on `r1` (port-restricted) and `a1` with port mapping on: it must report
+    /// `port_mapped` for TCP and UDP, be reachable there from `pub` and `pubx`, and its
+    /// mappings must be gone once it has quit.
+    fn upnp_crust(&mut self, cell: &str) -> Result<CellReport> {
+        if let Some(missing) = upnp::missing() {
+            return Ok(skipped(cell, &missing));
+        }
+        self.lab.configure(Router::R1, NatType::PortRestricted)?;
+        let dir = cell_log_dir(&self.logs, cell);
+        let gateway = upnp::start(self.lab, Router::R1, &dir.join("gateway"))?;
+        let p = self.publics;
+        let a1 = Node::start_mapping(&self.bin, &self.lab.ns(Role::A1), "a1", A1_PORTS, &dir)?;
+        let mut external = Vec::new();
+        let mut methods = Vec::new();
+        for scheme in ["tcp://", "rudp://"] {
+            let e = a1.wait_for(0, MAPPING, "port_mapped", |e| {
+                e.name() == "port_mapped" && e.str("external").starts_with(scheme)
+            })?;
+            external.push(e.str("external").to_owned());
+            methods.push(e.str("method").to_owned());
+        }
+        let rules = gateway.mappings()?;
+        let tcp = p.rendezvous.dial(&external[0])?;
+        let rudp = p.same_address.dial(&external[1])?;
+        let tcp = p.rendezvous.finish_dial(tcp, DIAL_OUTCOME);
+        let rudp = p.same_address.finish_dial(rudp, DIAL_OUTCOME);
+        let mut report = reached_report(
+            cell,
+            &a1,
+            [("tcp", tcp), ("rudp", rudp)],
+            json!({"external": external, "methods": methods, "dnat_rules": rules}),
+        )?;
+        // Quitting shuts the service down, which removes its mappings before it exits.
+        a1.quit();
+        let left = gateway.mappings()?;
+        let remaining = left.matches("dnat").count();
+        if remaining != 0 {
+            report
+                .mismatches
+                .push(format!("{remaining} DNAT rules left after a1 quit"));
+        }
+        report.data["after_quit"] = json!(left);
+        report.outcome = format!(
+            "{} via {}, left {remaining}",
+            report.outcome,
+            methods.join("+")
+        );
+        drop(gateway);
+        Ok(report)
+    }
+}
+
+/// A cell that cannot run here: expected, with the reason in its details.
+fn skipped(cell: &str, missing: &str) -> CellReport {
+    CellReport {
+        name: cell.to_owned(),
+        outcome: "skipped".to_owned(),
+        mismatches: Vec::new(),
+        details: format!("not installed: {missing}"),
+        data: json!({"skipped": missing}),
+        elapsed: Duration::ZERO,
     }
 }
 
@@ -764,7 +832,7 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1 + 1);
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1 + 2);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));

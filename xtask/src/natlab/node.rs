@@ -128,14 +128,38 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Starts `bin` in namespace `ns` on fixed ports and waits for its `started` line.
-    /// Stdout lines are also written to `<log_dir>/<name>.jsonl`, stderr to `<name>.log`.
+    /// Starts `bin` in namespace `ns` on fixed ports, without port mapping (the lab
+    /// measures what the NAT does on its own), and waits for its `started` line. Stdout
+    /// lines are also written to `<log_dir>/<name>.jsonl`, stderr to `<name>.log`.
     pub(crate) fn start(
+        bin: &Path,
+        ns: &str,
+        name: &str,
+        ports: (u16, u16),
+        log_dir: &Path,
+    ) -> Result<Node> {
+        Self::spawn(bin, ns, name, ports, log_dir, &["--no-port-mapping"])
+    }
+
+    /// Like [`Node::start`], but the node maps its ports (UPnP, NAT-PMP, PCP) if its
+    /// router offers that.
+    pub(crate) fn start_mapping(
+        bin: &Path,
+        ns: &str,
+        name: &str,
+        ports: (u16, u16),
+        log_dir: &Path,
+    ) -> Result<Node> {
+        Self::spawn(bin, ns, name, ports, log_dir, &[])
+    }
+
+    fn spawn(
         bin: &Path,
         ns: &str,
         name: &str,
         (tcp_port, rudp_port): (u16, u16),
         log_dir: &Path,
+        extra: &[&str],
     ) -> Result<Node> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
@@ -148,6 +172,7 @@ impl Node {
             .arg(tcp_port.to_string())
             .arg("--rudp-port")
             .arg(rudp_port.to_string())
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("NATLAB_LOG").unwrap_or("warn".into()),

@@ -32,7 +32,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// The internet segment: `198.18.0.0/16` (benchmarking range, RFC 2544), a bridge `br0`
 /// in the `inet` namespace. `pub2` sits in another /24 than `pub` and the routers, so the
 /// two observers count as two networks for Crust's NAT classification.
-const INTERNET_PREFIX: u8 = 16;
+pub(crate) const INTERNET_PREFIX: u8 = 16;
 
 /// Private IPv4 ranges (RFC 1918), dropped silently on the internet segment.
 const PRIVATE: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];

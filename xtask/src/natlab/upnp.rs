@@ -183,12 +183,14 @@ pub(crate) fn start(lab: &Lab, router: Router, dir: &Path) -> Result<Gateway> {
     let primary = lab.ip(Role::Pub);
 
     // The STUN server: pub's second address, then this program as the responder.
-    let alternate = format!("{STUN_ALTERNATE}/24");
+    // Same prefix as the primary: a secondary address, never chosen as a source.
+    let alternate = format!("{STUN_ALTERNATE}/{}", topology::INTERNET_PREFIX);
     if let Err(e) = topology::run(
         "ip",
         &["-n", &pub_ns, "addr", "add", &alternate, "dev", "wan"],
     ) {
-        if !format!("{e:#}").contains("exists") {
+        let text = format!("{e:#}");
+        if !text.contains("exists") && !text.contains("already assigned") {
             return Err(e);
         }
     }
