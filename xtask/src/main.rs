@@ -6,14 +6,21 @@
 //!   rustdoc warnings denied (default features, as docs.rs builds, and all
 //!   features). Stops at the first failing step. Every step but the default
 //!   `cargo doc` passes `--all-features`, which turns on `crust/cli`: the
-//!   `crust-peer` binary and its test (`crust/tests/cli.rs`) need it.
+//!   `crust-peer` binary and its test (`crust/tests/cli.rs`) need it. Ends with
+//!   the demo and the NAT lab's short set.
 //! * `cargo xtask ci`: exactly what CI runs, i.e. `test` on the whole
 //!   workspace.
 //! * `cargo xtask demo [ARGS]...`: runs the demo example in release mode.
 //! * `cargo xtask bench [--quick] [ARGS]...`: runs the loopback benchmark
 //!   (`crust/benches/bench.rs`) in release mode; prints a table and writes it as
 //!   JSON to `target/bench/latest.json`.
+//! * `cargo xtask natlab [--quick] [--keep] [--clean] [--ci]`: the NAT lab
+//!   (`src/natlab/`): `crust-peer` nodes behind real Linux NAT in network
+//!   namespaces (root); prints a matrix and writes `target/natlab/latest.json`.
+//!   `test` runs `natlab --quick --ci` last (a skip with its reason when not root).
 #![forbid(unsafe_code)]
+
+mod natlab;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -65,6 +72,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the NAT lab: crust-peer nodes behind real Linux NAT in network namespaces (root).
+    ///
+    /// Prints a matrix (cells: observed addresses, filtering, direct dials between NAT
+    /// types, same-NAT peers, a public host) and writes `target/natlab/latest.json`; exits
+    /// non-zero when a result is unexpected. Without root or tools it says what is missing
+    /// and fails, or exits 0 with `--ci`.
+    Natlab(natlab::NatlabArgs),
+    /// The NAT lab's STUN responder (started by the lab inside its public host).
+    #[command(hide = true)]
+    NatlabStun {
+        /// The server's address.
+        primary: std::net::Ipv4Addr,
+        /// Its second address, for CHANGE-REQUESTs.
+        alternate: std::net::Ipv4Addr,
+    },
 }
 
 /// Arguments of the `test` task.
@@ -106,6 +128,8 @@ fn run(task: Task) -> Result<()> {
             cmd.arg("--").args(args);
             xtask.run(cmd)
         }
+        Task::Natlab(args) => natlab::run(&xtask, &args),
+        Task::NatlabStun { primary, alternate } => natlab::upnp::serve_stun(primary, alternate),
     }
 }
 
@@ -235,6 +259,26 @@ impl Xtask {
             let mut demo = self.cargo(["run", "-p", package, "--example", example]);
             demo.arg("--quiet");
             self.run(demo)?;
+        }
+
+        // The NAT lab's short set (root only; elsewhere it prints why it skips), with the
+        // crust-peer binary the tests above just built (`--all-features` includes `cli`).
+        if args.packages.is_empty() || args.packages.iter().any(|p| p == "crust") {
+            let bin = natlab::built_peer(self);
+            let mut shown = String::from("cargo xtask natlab --quick --ci");
+            if let Some(bin) = &bin {
+                shown.push_str(&format!(" --peer-bin {}", bin.display()));
+            }
+            println!("==> {shown}");
+            let lab_start = Instant::now();
+            let lab = natlab::NatlabArgs {
+                quick: true,
+                ci: true,
+                peer_bin: bin,
+                ..natlab::NatlabArgs::default()
+            };
+            natlab::run(self, &lab).with_context(|| format!("step `{shown}` failed"))?;
+            println!("    ok in {:.1}s", lab_start.elapsed().as_secs_f64());
         }
 
         println!(

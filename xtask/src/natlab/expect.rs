@@ -1,0 +1,130 @@
+//! What each cell should show *today*, stated as code so that a regression and an
+//! improvement both print `unexpected` (and make `cargo xtask natlab` exit non-zero).
+//!
+//! Update these when the behaviour changes on purpose: hole punching (issue 10) makes
+//! direct dials between NATed hosts succeed.
+
+use super::nat::NatType;
+
+/// What the observation cell should see for a NAT behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Observation {
+    /// The WAN port equals the host's source port (TCP dial port, rUDP socket port).
+    pub(crate) port_preserved: bool,
+    /// Two observers at different addresses see the same rUDP port.
+    pub(crate) endpoint_independent_mapping: bool,
+}
+
+/// The observation cell's expectation for `nat`. Linux `masquerade` keeps a free source
+/// port and reuses a socket's mapping for every destination; `fully-random` does neither
+/// (it may pick the same port by chance, about once in 30,000 runs).
+pub(crate) fn observation(nat: NatType) -> Observation {
+    let symmetric = nat == NatType::Symmetric;
+    Observation {
+        port_preserved: !symmetric,
+        endpoint_independent_mapping: !symmetric,
+    }
+}
+
+/// What Crust's NAT classification (`crust-peer`'s `nat` command, `nat_type`) should say
+/// after the observation cell: filtering is not learnt from observations, so the three
+/// cones are all `cone`.
+pub(crate) fn classification(nat: NatType) -> &'static str {
+    match nat {
+        NatType::None => "public",
+        NatType::FullCone | NatType::AddressRestricted | NatType::PortRestricted => "cone",
+        NatType::Symmetric => "symmetric",
+    }
+}
+
+/// Whether an unsolicited rUDP connection to a host's live mapping gets through, from
+/// `(the address the host talks to but another port, another address)`.
+pub(crate) fn filtering(nat: NatType) -> (bool, bool) {
+    match nat {
+        NatType::None | NatType::FullCone => (true, true),
+        NatType::AddressRestricted => (true, false),
+        NatType::PortRestricted | NatType::Symmetric => (false, false),
+    }
+}
+
+/// Where `a1` dials `b1` directly in the pair cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The TCP endpoint the rendezvous `pub` observed for `b1`.
+    ObservedTcp,
+    /// The rUDP endpoint `pub2` observed for `b1`.
+    ObservedRudp,
+    /// `b1`'s own TCP listening endpoint (its LAN address).
+    LanTcp,
+    /// `b1`'s own rUDP listening endpoint (its LAN address).
+    LanRudp,
+}
+
+impl Target {
+    /// Every target, in report order.
+    pub(crate) const ALL: [Target; 4] = [
+        Target::ObservedTcp,
+        Target::ObservedRudp,
+        Target::LanTcp,
+        Target::LanRudp,
+    ];
+
+    /// Short name for reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Target::ObservedTcp => "observed-tcp",
+            Target::ObservedRudp => "observed-rudp",
+            Target::LanTcp => "lan-tcp",
+            Target::LanRudp => "lan-rudp",
+        }
+    }
+}
+
+/// Whether `a1` (behind `_a`) reaches `b1` (behind `b`) by dialling `target`, today.
+///
+/// - The observed endpoints are `b1`'s listening sockets behind its mapping (TCP dials
+///   leave from the listening port, QUIC from its one socket): reachable when nothing
+///   filters (no NAT) or the NAT lets anyone in (full cone). `b1` never sent anything to
+///   `a1`, so restricted cones and symmetric NATs drop the dial.
+/// - LAN endpoints are reachable from elsewhere only when they are public (no NAT); private
+///   ones are not routed on the internet segment.
+///
+/// `a1`'s own NAT does not matter without hole punching: its outbound packets always pass.
+pub(crate) fn direct_dial(_a: NatType, b: NatType, target: Target) -> bool {
+    match target {
+        Target::ObservedTcp | Target::ObservedRudp => {
+            matches!(b, NatType::None | NatType::FullCone)
+        }
+        Target::LanTcp | Target::LanRudp => b == NatType::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filtering_is_ordered_by_strictness() {
+        // A stricter NAT never lets in what a looser one refuses.
+        let order = [
+            NatType::None,
+            NatType::FullCone,
+            NatType::AddressRestricted,
+            NatType::PortRestricted,
+        ];
+        for pair in order.windows(2) {
+            let (loose, strict) = (filtering(pair[0]), filtering(pair[1]));
+            assert!(loose.0 >= strict.0 && loose.1 >= strict.1, "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn only_public_or_full_cone_hosts_are_dialled_directly() {
+        for a in NatType::ALL {
+            for b in NatType::ALL {
+                let any = Target::ALL.iter().any(|t| direct_dial(a, b, *t));
+                assert_eq!(any, matches!(b, NatType::None | NatType::FullCone));
+            }
+        }
+    }
+}
