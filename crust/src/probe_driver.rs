@@ -18,8 +18,13 @@ use crate::node::{ConnHandle, Node};
 /// The frame kind of filtering-test messages (reserved for Crust; see `docs/protocol.md`).
 pub(crate) const PROBE_FRAME: FrameKind = FrameKind::Unknown(16);
 
-/// A peer gets an answer (or a forwarded probe) at most this often.
+/// The window in which a peer's requests (and forwards) are counted.
 const ANSWER_INTERVAL: Duration = Duration::from_secs(10);
+/// Requests for a test we answer per peer and window (a node asks once per test).
+const REQUESTS_PER_WINDOW: u32 = 1;
+/// Forwards we carry out per peer and window: a helper forwards for each node that asks
+/// it, so a few; each costs three 16-byte datagrams.
+const FORWARDS_PER_WINDOW: u32 = 8;
 /// Peers remembered for rate limiting; older entries are swept beyond this.
 const MAX_ANSWERED: usize = 1024;
 /// An inconclusive test is retried after this long, at most `MAX_ATTEMPTS` times.
@@ -34,8 +39,9 @@ pub(crate) struct ProbeState {
     test: Option<FilterTest>,
     last_started: Option<Instant>,
     attempts: u32,
-    /// When we last answered each peer's request or forward.
-    answered: HashMap<PeerId, Instant>,
+    /// Per peer: when its window started and how many requests / forwards it used.
+    requests: HashMap<PeerId, (Instant, u32)>,
+    forwards: HashMap<PeerId, (Instant, u32)>,
     nonce_key: std::collections::hash_map::RandomState,
     nonce_counter: u64,
 }
@@ -48,24 +54,14 @@ impl ProbeState {
         self.nonce_key.hash_one(self.nonce_counter) & !1
     }
 
-    /// Whether `peer` may be answered now (and records it).
-    fn may_answer(&mut self, peer: PeerId, now: Instant) -> bool {
-        if self
-            .answered
-            .get(&peer)
-            .is_some_and(|at| now.saturating_duration_since(*at) < ANSWER_INTERVAL)
-        {
-            return false;
-        }
-        if self.answered.len() >= MAX_ANSWERED {
-            self.answered
-                .retain(|_, at| now.saturating_duration_since(*at) < ANSWER_INTERVAL);
-            if self.answered.len() >= MAX_ANSWERED {
-                return false;
-            }
-        }
-        self.answered.insert(peer, now);
-        true
+    /// Whether `peer`'s request may be answered now (and counts it).
+    fn may_answer_request(&mut self, peer: PeerId, now: Instant) -> bool {
+        within_budget(&mut self.requests, peer, now, REQUESTS_PER_WINDOW)
+    }
+
+    /// Whether `peer`'s forward may be carried out now (and counts it).
+    fn may_forward(&mut self, peer: PeerId, now: Instant) -> bool {
+        within_budget(&mut self.forwards, peer, now, FORWARDS_PER_WINDOW)
     }
 }
 
@@ -228,7 +224,7 @@ impl Node {
                 }
             }
             ProbeMessage::Request { nonce, exclude } => {
-                if !self.probe_state().may_answer(peer, now) {
+                if !self.probe_state().may_answer_request(peer, now) {
                     return;
                 }
                 let info = conn.sender.info();
@@ -241,9 +237,11 @@ impl Node {
                     })
                 });
                 let sender = conn.sender.clone();
+                // From the address A talked to, on another port.
+                let source = info.local_addr.ip();
                 self.tasks.spawn(async move {
                     let other_port = match target {
-                        Some(target) => send_probes(target, nonce).await,
+                        Some(target) => send_probes(source, target, nonce).await,
                         None => false,
                     };
                     let other_host = match (target, other) {
@@ -265,25 +263,57 @@ impl Node {
                 });
             }
             ProbeMessage::Forward { nonce, target } => {
-                if !self.probe_state().may_answer(peer, now) {
+                if !self.probe_state().may_forward(peer, now) {
                     return;
                 }
+                // From our address on the connection P knows: one A never talked to.
+                let source = conn.sender.info().local_addr.ip();
                 self.tasks.spawn(async move {
-                    send_probes(target, nonce).await;
+                    send_probes(source, target, nonce).await;
                 });
             }
         }
     }
 }
 
-/// Sends the probe datagrams of one test to `target` from a fresh socket (another port
-/// than our QUIC socket's). Returns whether they went out.
-async fn send_probes(target: SocketAddr, nonce: u64) -> bool {
-    let bind: SocketAddr = if target.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
+/// Counts one use of `peer`'s budget of `per_window` uses per [`ANSWER_INTERVAL`]; false
+/// when it is spent (or the table of peers is full of live windows).
+fn within_budget(
+    table: &mut HashMap<PeerId, (Instant, u32)>,
+    peer: PeerId,
+    now: Instant,
+    per_window: u32,
+) -> bool {
+    let live = |start: &Instant| now.saturating_duration_since(*start) < ANSWER_INTERVAL;
+    if !table.contains_key(&peer) && table.len() >= MAX_ANSWERED {
+        table.retain(|_, (start, _)| live(start));
+        if table.len() >= MAX_ANSWERED {
+            return false;
+        }
+    }
+    let entry = table.entry(peer).or_insert((now, 0));
+    if !live(&entry.0) {
+        *entry = (now, 0);
+    }
+    if entry.1 >= per_window {
+        return false;
+    }
+    entry.1 += 1;
+    true
+}
+
+/// Sends the probe datagrams of one test to `target` from a fresh socket on `source` (so
+/// another port than our QUIC socket's, at the address the test is about). Returns
+/// whether they went out.
+async fn send_probes(source: IpAddr, target: SocketAddr, nonce: u64) -> bool {
+    let ip = if source.is_ipv4() == target.is_ipv4() && !source.is_unspecified() {
+        source
+    } else if target.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     };
+    let bind = SocketAddr::new(ip, 0);
     let socket = match tokio::net::UdpSocket::bind(bind).await {
         Ok(socket) => socket,
         Err(e) => {
@@ -297,4 +327,24 @@ async fn send_probes(target: SocketAddr, nonce: u64) -> bool {
         sent |= socket.send_to(&datagram, target).await.is_ok();
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_per_peer_and_window() {
+        let t0 = Instant::now();
+        let mut table = HashMap::new();
+        let (a, b) = (PeerId::from_bytes([1; 32]), PeerId::from_bytes([2; 32]));
+        assert!(within_budget(&mut table, a, t0, 2));
+        assert!(within_budget(&mut table, a, t0, 2));
+        assert!(!within_budget(&mut table, a, t0, 2), "spent");
+        assert!(within_budget(&mut table, b, t0, 2), "per peer");
+        assert!(
+            within_budget(&mut table, a, t0 + ANSWER_INTERVAL, 2),
+            "a new window"
+        );
+    }
 }

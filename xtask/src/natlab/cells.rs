@@ -33,6 +33,10 @@ const PUB_PORTS: (u16, u16) = (4000, 4001);
 /// The second node on `pub`'s address.
 const PUBX_PORTS: (u16, u16) = (4002, 4003);
 const PUB2_PORTS: (u16, u16) = (4000, 4001);
+/// The probe helper on `pub2`'s second address.
+const HELPER_PORTS: (u16, u16) = (4004, 4005);
+/// Deadline for Crust's own filtering verdict (its test takes at most 6 s).
+const FILTERING_VERDICT: Duration = Duration::from_secs(20);
 const A1_PORTS: (u16, u16) = (4100, 4101);
 const A2_PORTS: (u16, u16) = (4200, 4201);
 /// A second node on `a2` (same-NAT over rUDP).
@@ -116,19 +120,33 @@ pub(crate) struct Publics {
     pub(crate) rendezvous: Node,
     /// A second node on `pub`'s address (ports 4002/4003).
     pub(crate) same_address: Node,
-    /// The node on `pub2` (`198.18.0.3`): another address.
+    /// The node on `pub2` (`198.18.2.2`): another address.
     pub(crate) other_address: Node,
+    /// A node on `pub2`'s second address, connected to `pubx` and `pub2`: the third party
+    /// of Crust's filtering test (it probes from an address the host never talked to).
+    pub(crate) probe_helper: Node,
 }
 
 impl Publics {
     /// Starts the three public nodes.
     pub(crate) fn start(lab: &Lab, bin: &Path, logs: &Path) -> Result<Publics> {
         let dir = logs.join("public");
-        Ok(Publics {
+        let publics = Publics {
             rendezvous: Node::start(bin, &lab.ns(Role::Pub), "pub", PUB_PORTS, &dir)?,
             same_address: Node::start(bin, &lab.ns(Role::Pub), "pubx", PUBX_PORTS, &dir)?,
             other_address: Node::start(bin, &lab.ns(Role::Pub2), "pub2", PUB2_PORTS, &dir)?,
-        })
+            probe_helper: Node::start_on(
+                bin,
+                &lab.ns(Role::Pub2),
+                "pubq",
+                HELPER_PORTS,
+                &dir,
+                topology::PROBE_HELPER_IP,
+            )?,
+        };
+        must_connect(&publics.same_address, &publics.probe_helper, "tcp")?;
+        must_connect(&publics.other_address, &publics.probe_helper, "tcp")?;
+        Ok(publics)
     }
 }
 
@@ -218,7 +236,16 @@ impl Ctx<'_> {
         let from = a1.mark();
         a1.send("nat")?;
         let class = a1.wait_for(from, FOLLOW_UP, "the answer to nat", |e| e.name() == "nat")?;
+        // Crust's peer-assisted filtering test (pub2 or pubx probes from another port,
+        // pubq from another address) completes the class.
+        let verdict = a1.wait_for(0, FILTERING_VERDICT, "a filtering verdict", |e| {
+            e.name() == "reachability_changed" && e.str("filtering") != "unknown"
+        });
         a1.quit();
+        let nat_class = match &verdict {
+            Ok(event) => event.str("nat_class").to_owned(),
+            Err(_) => "none reported".to_owned(),
+        };
 
         let mut mismatches = Vec::new();
         for seen in [&seen_tcp, &seen_other, &seen_same] {
@@ -261,6 +288,12 @@ impl Ctx<'_> {
                 "crust classifies it as {nat_type:?}, expected {want_class:?}"
             ));
         }
+        let want_nat_class = expect::nat_class(nat);
+        if nat_class != want_nat_class {
+            mismatches.push(format!(
+                "crust's class with filtering is {nat_class:?}, expected {want_nat_class:?}"
+            ));
+        }
         let mapping = if independent {
             "independent"
         } else {
@@ -269,7 +302,7 @@ impl Ctx<'_> {
         Ok(CellReport {
             name: cell.to_owned(),
             outcome: format!(
-                "{} {} {} nat={nat_type}",
+                "{} {} {} nat={nat_type} class={nat_class}",
                 ip_of(&seen_tcp),
                 if tcp_kept && rudp_kept {
                     "kept"
@@ -298,6 +331,7 @@ impl Ctx<'_> {
                 },
                 "mapping": mapping,
                 "crust_nat": class.value,
+                "crust_nat_class": nat_class,
             }),
             elapsed: Duration::ZERO,
         })

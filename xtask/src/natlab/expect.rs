@@ -26,9 +26,21 @@ pub(crate) fn observation(nat: NatType) -> Observation {
     }
 }
 
+/// The class Crust reports once its peer-assisted filtering test has run (`nat_class`):
+/// the probes tell the three cones apart.
+pub(crate) fn nat_class(nat: NatType) -> &'static str {
+    match nat {
+        NatType::None => "public",
+        NatType::FullCone => "full_cone",
+        NatType::AddressRestricted => "address_restricted",
+        NatType::PortRestricted => "port_restricted",
+        NatType::Symmetric => "symmetric",
+    }
+}
+
 /// What Crust's NAT classification (`crust-peer`'s `nat` command, `nat_type`) should say
-/// after the observation cell: filtering is not learnt from observations, so the three
-/// cones are all `cone`.
+/// right after the observations: filtering is not learnt from observations, so the three
+/// cones are all `cone` until the filtering test has run.
 pub(crate) fn classification(nat: NatType) -> &'static str {
     match nat {
         NatType::None => "public",

@@ -141,6 +141,26 @@ impl Node {
         Self::spawn(bin, ns, name, ports, log_dir, &["--no-port-mapping"])
     }
 
+    /// Like [`Node::start`], with the node listening on `ip` only (a host's second address).
+    pub(crate) fn start_on(
+        bin: &Path,
+        ns: &str,
+        name: &str,
+        ports: (u16, u16),
+        log_dir: &Path,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<Node> {
+        let ip = ip.to_string();
+        Self::spawn(
+            bin,
+            ns,
+            name,
+            ports,
+            log_dir,
+            &["--no-port-mapping", "--listen-ip", &ip],
+        )
+    }
+
     /// Like [`Node::start`], but the node maps its ports (UPnP, NAT-PMP, PCP) if its
     /// router offers that.
     pub(crate) fn start_mapping(

@@ -34,6 +34,9 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// two observers count as two networks for Crust's NAT classification.
 pub(crate) const INTERNET_PREFIX: u8 = 16;
 
+/// The second address of `pub2`, where the probe helper runs (see `cells::Publics`).
+pub(crate) const PROBE_HELPER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
+
 /// Private IPv4 ranges (RFC 1918), dropped silently on the internet segment.
 const PRIVATE: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
 
@@ -261,6 +264,10 @@ impl Lab {
             );
             self.ip_ns(role, &["addr", "add", &addr, "dev", "wan"])?;
         }
+        // `pub2`'s second address: the probe helper Crust's filtering test asks for lives
+        // there, an address the NATed hosts never talk to themselves.
+        let helper = format!("{PROBE_HELPER_IP}/{INTERNET_PREFIX}");
+        self.ip_ns(Role::Pub2, &["addr", "add", &helper, "dev", "wan"])?;
         // Routers: a LAN bridge with a veth to each host, forwarding on.
         for router in [Router::R1, Router::R2] {
             let r = router.role();
