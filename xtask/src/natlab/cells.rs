@@ -104,11 +104,15 @@ impl Cell {
     /// The short set CI runs (`--quick`): a few seconds once the lab is up.
     pub(crate) fn quick() -> Vec<Cell> {
         vec![
+            Cell::Observe(NatType::None),
+            Cell::Observe(NatType::FullCone),
+            Cell::Observe(NatType::AddressRestricted),
             Cell::Observe(NatType::PortRestricted),
             Cell::Observe(NatType::Symmetric),
             Cell::Filter(NatType::FullCone),
             Cell::SameNat(NatType::PortRestricted),
             Cell::DirectNone,
+            Cell::UpnpCrust,
         ]
     }
 }
@@ -239,7 +243,9 @@ impl Ctx<'_> {
         // Crust's peer-assisted filtering test (pub2 or pubx probes from another port,
         // pubq from another address) completes the class.
         let verdict = a1.wait_for(0, FILTERING_VERDICT, "a filtering verdict", |e| {
-            e.name() == "reachability_changed" && e.str("filtering") != "unknown"
+            e.name() == "reachability_changed"
+                && e.str("filtering") != "unknown"
+                && e.str("nat_type") != "unknown"
         });
         a1.quit();
         let nat_class = match &verdict {
