@@ -66,6 +66,9 @@ pub(crate) enum Cell {
     /// default): the public nodes dial the mapped endpoints; `a1`'s mappings go when it
     /// quits.
     UpnpCrust,
+    /// IPv6, routed with a stateful firewall on `r1`: `a1` connects to `pub` over IPv6 on
+    /// TCP and rUDP; `pub` dialling `a1`'s IPv6 endpoints unsolicited is dropped.
+    Ipv6Firewall,
     /// `pub` sends to `r1`'s WAN port before `a1` uses it (an early punch); `a1`'s mapping
     /// towards `pub` must still keep its port (the WAN input firewall's job).
     EarlyPunch,
@@ -83,6 +86,7 @@ impl Cell {
             Cell::Upnp => "upnp/port-restricted".to_owned(),
             Cell::EarlyPunch => "early-punch/port-restricted".to_owned(),
             Cell::UpnpCrust => "upnp/crust-peer-maps".to_owned(),
+            Cell::Ipv6Firewall => "ipv6/firewall".to_owned(),
         }
     }
 
@@ -98,6 +102,7 @@ impl Cell {
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
         cells.push(Cell::UpnpCrust);
+        cells.push(Cell::Ipv6Firewall);
         cells
     }
 
@@ -113,6 +118,7 @@ impl Cell {
             Cell::SameNat(NatType::PortRestricted),
             Cell::DirectNone,
             Cell::UpnpCrust,
+            Cell::Ipv6Firewall,
         ]
     }
 }
@@ -181,6 +187,7 @@ impl Ctx<'_> {
             Cell::Upnp => self.upnp(&name),
             Cell::EarlyPunch => self.early_punch(&name),
             Cell::UpnpCrust => self.upnp_crust(&name),
+            Cell::Ipv6Firewall => self.ipv6_firewall(&name),
         };
         match result {
             Ok(mut report) => {
@@ -508,6 +515,75 @@ impl Ctx<'_> {
     }
 
     /// `r1` without NAT: `pub` dials `a1`'s own TCP endpoint, `pubx` its rUDP endpoint.
+    fn ipv6_firewall(&mut self, cell: &str) -> Result<CellReport> {
+        self.lab.configure(Router::R1, NatType::PortRestricted)?;
+        let p = self.publics;
+        let a1 = self.node(cell, Role::A1, "a1", A1_PORTS)?;
+        let pub6 = Role::Pub.ipv6().context("pub has IPv6")?;
+        let a16 = Role::A1.ipv6().context("a1 has IPv6")?;
+        // Outbound over IPv6: must work on both transports.
+        let mut outbound = Vec::new();
+        for (protocol, port) in [("tcp", PUB_PORTS.0), ("rudp", PUB_PORTS.1)] {
+            let endpoint = format!("{protocol}://[{pub6}]:{port}");
+            outbound.push((protocol, a1.connect(&endpoint, CONNECT)?));
+        }
+        // Inbound, unsolicited, at a1's own IPv6 endpoints: the firewall drops it.
+        let tcp_in = p
+            .same_address
+            .dial(&format!("tcp://[{a16}]:{}", A1_PORTS.0))?;
+        let rudp_in = p
+            .same_address
+            .dial(&format!("rudp://[{a16}]:{}", A1_PORTS.1))?;
+        let inbound = [
+            ("tcp", p.same_address.finish_dial(tcp_in, DIAL_OUTCOME)),
+            ("rudp", p.same_address.finish_dial(rudp_in, DIAL_OUTCOME)),
+        ];
+        let announced_v6 = a1.endpoints.iter().any(|e| e.contains(&a16.to_string()));
+        a1.quit();
+        let mut mismatches = Vec::new();
+        let mut details = Vec::new();
+        for (protocol, outcome) in &outbound {
+            let ok = outcome.peer.as_deref() == Some(p.rendezvous.peer_id.as_str());
+            if !ok {
+                mismatches.push(format!(
+                    "a1 -> pub over IPv6 {protocol}: {}",
+                    dial_text(outcome)
+                ));
+            }
+            details.push(format!("out {protocol} {}", dial_text(outcome)));
+        }
+        for (protocol, outcome) in &inbound {
+            if outcome.connected() {
+                mismatches.push(format!(
+                    "unsolicited IPv6 {protocol} reached a1 through the firewall"
+                ));
+            }
+            details.push(format!("in {protocol} {}", dial_text(outcome)));
+        }
+        if !announced_v6 {
+            mismatches.push(format!("a1 does not announce its IPv6 address {a16}"));
+        }
+        let out_ok = outbound
+            .iter()
+            .filter(|(_, o)| o.peer.as_deref() == Some(p.rendezvous.peer_id.as_str()))
+            .count();
+        let in_ok = inbound.iter().filter(|(_, o)| o.connected()).count();
+        Ok(CellReport {
+            name: cell.to_owned(),
+            outcome: format!("out {out_ok}/2 connected, in {in_ok}/2 (firewall)"),
+            mismatches,
+            details: details.join(" | "),
+            data: json!({
+                "a1": a16.to_string(),
+                "pub": pub6.to_string(),
+                "outbound": outbound.iter().map(|(p, o)| json!({"protocol": p, "dial": dial_json(o)})).collect::<Vec<_>>(),
+                "inbound": inbound.iter().map(|(p, o)| json!({"protocol": p, "dial": dial_json(o)})).collect::<Vec<_>>(),
+                "a1_announces_ipv6": announced_v6,
+            }),
+            elapsed: Duration::ZERO,
+        })
+    }
+
     fn direct_none(&mut self, cell: &str) -> Result<CellReport> {
         self.lab.configure(Router::R1, NatType::None)?;
         let p = self.publics;

@@ -9,7 +9,7 @@
 //! created once the handler ran.
 
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -36,6 +36,10 @@ pub(crate) const INTERNET_PREFIX: u8 = 16;
 
 /// The second address of `pub2`, where the probe helper runs (see `cells::Publics`).
 pub(crate) const PROBE_HELPER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
+
+/// The routers' IPv6 firewall: forward what the LAN starts and its replies, nothing else
+/// inbound (a stateful firewall in place of NAT, as home routers do for IPv6).
+const ROUTER6_RULESET: &str = include_str!("../../natlab/router6.nft");
 
 /// Private IPv4 ranges (RFC 1918), dropped silently on the internet segment.
 const PRIVATE: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
@@ -98,6 +102,40 @@ impl Role {
             _ => return None,
         };
         Some(Ipv4Addr::new(198, 18, net, host))
+    }
+
+    /// The IPv6 address on the internet segment (`2001:db8::/64`, documentation range):
+    /// IPv6 is routed, not translated; routers run a stateful firewall instead.
+    pub(crate) fn wan_ipv6(self) -> Option<Ipv6Addr> {
+        self.wan_ip().map(|v4| {
+            Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0,
+                0,
+                0,
+                0,
+                u16::from(v4.octets()[2]),
+                u16::from(v4.octets()[3]),
+            )
+        })
+    }
+
+    /// The IPv6 address of a host behind a router (`2001:db8:N::host`).
+    pub(crate) fn ipv6(self) -> Option<Ipv6Addr> {
+        match (self.behind(), self.wan_ipv6()) {
+            (Some((router, host)), _) => Some(Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                u16::from(router.index()),
+                0,
+                0,
+                0,
+                0,
+                u16::from(host),
+            )),
+            (None, wan) => wan,
+        }
     }
 
     /// For a host behind a router: the router and the host's last address byte.
@@ -302,6 +340,41 @@ impl Lab {
                 self.ip_ns(host, &["link", "set", "eth0", "up"])?;
             }
         }
+        // IPv6: routed end to end (no NAT), the routers forward and run a stateful firewall
+        // (`router6.nft`): what a home router does for IPv6.
+        for role in [Role::Pub, Role::Pub2, Role::R1, Role::R2] {
+            let ip = role.wan_ipv6().context("public role")?;
+            self.ip_ns(
+                role,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip}/64"),
+                    "dev",
+                    "wan",
+                    "nodad",
+                ],
+            )?;
+        }
+        for router in [Router::R1, Router::R2] {
+            let r = router.role();
+            self.sh(r, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")?;
+            let ns = self.ns(r);
+            run_with_input(
+                "ip",
+                &["netns", "exec", &ns, "nft", "-f", "-"],
+                ROUTER6_RULESET,
+            )
+            .with_context(|| format!("loading the IPv6 firewall on {}", r.name()))?;
+            let lan = format!("2001:db8:{}::/64", router.index());
+            let via = r.wan_ipv6().context("router")?.to_string();
+            for role in [Role::Pub, Role::Pub2, Role::R1, Role::R2] {
+                if role != r {
+                    self.ip_ns(role, &["-6", "route", "add", &lan, "via", &via])?;
+                }
+            }
+        }
         // Private destinations are not routed on the internet: their packets vanish (as
         // they do past a real ISP), so a dial to a private address elsewhere times out
         // instead of failing at once or not, depending on ICMP rate limits.
@@ -340,12 +413,39 @@ impl Lab {
             r,
             &["addr", "add", &format!("{a}.{b}.{c}.1/24"), "dev", "lan"],
         )?;
+        let lan6 = format!("2001:db8:{}::1", router.index());
+        self.ip_ns(
+            r,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{lan6}/64"),
+                "dev",
+                "lan",
+                "nodad",
+            ],
+        )?;
         for &host in router.hosts() {
             let ip = self.ip(host);
             self.ip_ns(host, &["addr", "flush", "dev", "eth0"])?;
             self.ip_ns(host, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
             let gateway = format!("{a}.{b}.{c}.1");
             self.ip_ns(host, &["route", "replace", "default", "via", &gateway])?;
+            let ip6 = host.ipv6().context("host behind a router")?;
+            self.ip_ns(
+                host,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            self.ip_ns(host, &["-6", "route", "replace", "default", "via", &lan6])?;
         }
         let ns = self.ns(r);
         run_with_input(
