@@ -44,6 +44,7 @@ pub mod fs;
 mod identity;
 pub mod limits;
 mod peer_addr;
+pub mod probe;
 pub mod tls;
 mod traits;
 pub mod wire;

@@ -43,6 +43,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         let stream = self.dial_stream(addr, expected).await?;
         Ok(Connection::new(stream, self.connection_config()))
     }
+
+    /// The [probe datagrams](crate::probe) that reach the socket this transport listens on
+    /// and dials from (NAT filtering tests, hole punching), for transports on a datagram
+    /// socket. Available once `listen` bound that socket, and taken once. The default:
+    /// `None` (a stream transport has no such socket).
+    fn take_probe_receiver(&self) -> Option<crate::probe::ProbeReceiver> {
+        None
+    }
 }
 
 /// A listening socket of a [`Transport`].

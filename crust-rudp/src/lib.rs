@@ -115,7 +115,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
-pub mod probe;
+mod probe;
 mod stream;
 mod transport;
 
@@ -123,7 +123,7 @@ pub use config::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
     RudpConfig,
 };
-pub use transport::{ProbeSource, RudpTransport};
+pub use transport::RudpTransport;
 
 /// The quinn version this crate is built on, for [`RudpTransport::with_abstract_socket`].
 pub use quinn;

@@ -19,8 +19,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::RudpConfig;
-use crate::probe::{ProbeReceiver, ProbeSocket};
+use crate::probe::ProbeSocket;
 use crate::stream::{DialReader, QuicWriter};
+use crust_core::probe::ProbeReceiver;
 
 /// QUIC application error code sent when the peer's stream-open preamble is unacceptable.
 const CLOSE_PROTOCOL_ERROR: u32 = 1;
@@ -50,17 +51,15 @@ struct Inner {
     probes: ProbeSource,
 }
 
-/// Where the probe datagrams of a transport's main socket (the one it listens on and dials
-/// from) can be taken, once that socket exists. See [`crate::probe`].
-#[derive(Clone, Debug, Default)]
-pub struct ProbeSource {
-    slot: Arc<Mutex<Option<ProbeReceiver>>>,
+/// The probe datagrams of a transport's main socket (the one it listens on and dials
+/// from), until someone takes them.
+#[derive(Debug, Default)]
+struct ProbeSource {
+    slot: Mutex<Option<ProbeReceiver>>,
 }
 
 impl ProbeSource {
-    /// The receiver of the main socket's probes, once the socket is bound (after the first
-    /// `listen`); `None` before that or when it was already taken.
-    pub fn take(&self) -> Option<ProbeReceiver> {
+    fn take(&self) -> Option<ProbeReceiver> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -222,13 +221,6 @@ impl RudpTransport {
         Ok(RudpTransport {
             inner: Arc::new(inner),
         })
-    }
-
-    /// Where to take the probe datagrams that reach this transport's main socket (see
-    /// [`crate::probe`]). Keep it before boxing the transport; the receiver appears once
-    /// the first `listen` bound the socket.
-    pub fn probe_source(&self) -> ProbeSource {
-        self.inner.probes.clone()
     }
 
     /// The configuration this transport was built with.
@@ -509,6 +501,10 @@ impl Inner {
 
 #[async_trait]
 impl Transport for RudpTransport {
+    fn take_probe_receiver(&self) -> Option<ProbeReceiver> {
+        self.inner.probes.take()
+    }
+
     fn protocol(&self) -> Protocol {
         Protocol::Rudp
     }

@@ -6,17 +6,22 @@ mod common;
 use bytes::Bytes;
 use common::{DEADLINE, connect, init_tracing, loopback, transport};
 use crust_core::Transport;
+use crust_core::probe::{PROBE_MAGIC, encode_probe};
 use crust_rudp::RudpConfig;
-use crust_rudp::probe::{PROBE_MAGIC, encode_probe};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_are_taken_out_and_quic_carries_on() {
     init_tracing();
     let server = transport(RudpConfig::default());
-    let source = server.probe_source();
-    assert!(source.take().is_none(), "no socket before listen");
+    assert!(
+        server.take_probe_receiver().is_none(),
+        "no socket before listen"
+    );
     let mut listener = server.listen(loopback()).await.expect("listen");
-    let mut probes = source.take().expect("the main socket's probes");
+    let mut probes = server
+        .take_probe_receiver()
+        .expect("the main socket's probes");
+    assert!(server.take_probe_receiver().is_none(), "taken once");
     let server_addr = listener.local_endpoint().addr();
 
     let prober = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");

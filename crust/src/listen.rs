@@ -71,7 +71,8 @@ impl Node {
             tracing::info!(%endpoint, peer = %self.peer_id(), "listening");
             self.emit_now(Event::ListenerStarted { endpoint });
         }
-        if let Some(probes) = self.probe_source.as_ref().and_then(|source| source.take()) {
+        // Probe datagrams (NAT filtering test) come from the first datagram transport.
+        if let Some(probes) = self.transports.iter().find_map(|t| t.take_probe_receiver()) {
             self.start_probe_receiver(probes);
         }
         let ports = bound

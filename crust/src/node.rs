@@ -126,8 +126,6 @@ pub(crate) struct Node {
     pub(crate) reachability: Mutex<ReachabilityState>,
     /// The NAT filtering test (`probe_driver.rs`).
     pub(crate) probes: Mutex<crate::probe_driver::ProbeState>,
-    /// Where the rUDP transport's probe datagrams come from, when we built it.
-    pub(crate) probe_source: Option<crust_rudp::ProbeSource>,
     /// Plug-ins started from the config (see `plugins.rs`).
     pub(crate) plugins: Mutex<crate::plugins::Started>,
 }
@@ -142,7 +140,6 @@ impl Node {
         config: ServiceConfig,
         transports: Vec<Arc<dyn Transport>>,
         events: Arc<EventQueue>,
-        probe_source: Option<crust_rudp::ProbeSource>,
     ) -> Self {
         Node {
             registry: Mutex::new(Registry::new(identity.peer_id(), config.max_peers)),
@@ -167,7 +164,6 @@ impl Node {
 
             plugins: Mutex::new(crate::plugins::Started::default()),
             probes: Mutex::new(crate::probe_driver::ProbeState::default()),
-            probe_source,
         }
     }
 

@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crust_core::probe::{Probe, ProbeReceiver, encode_probe};
 use crust_core::wire::FrameKind;
 use crust_core::{PeerId, Protocol};
-use crust_rudp::probe::{Probe, ProbeReceiver, encode_probe};
 
 use crate::Event;
 use crate::filtering::{FilterTest, FilteringBehaviour, PROBES_PER_TEST, ProbeMessage};

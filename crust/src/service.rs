@@ -103,21 +103,20 @@ impl Service {
                 tcp_config,
             )?));
         }
-        let mut probe_source = None;
         if config.enable_rudp {
             let rudp_config =
                 crust_rudp::RudpConfig::default().with_connection_config(config.connection.clone());
-            let rudp = crust_rudp::RudpTransport::new(identity.clone(), rudp_config)?;
-            probe_source = Some(rudp.probe_source());
-            transports.push(Box::new(rudp));
+            transports.push(Box::new(crust_rudp::RudpTransport::new(
+                identity.clone(),
+                rudp_config,
+            )?));
         }
-        Self::build(
+        Self::with_transports(
             ServiceConfig {
                 identity: Some(identity),
                 ..config
             },
             transports,
-            probe_source,
         )
     }
 
@@ -127,14 +126,6 @@ impl Service {
     pub fn with_transports(
         config: ServiceConfig,
         transports: Vec<Box<dyn Transport>>,
-    ) -> Result<(Service, Events)> {
-        Self::build(config, transports, None)
-    }
-
-    fn build(
-        config: ServiceConfig,
-        transports: Vec<Box<dyn Transport>>,
-        probe_source: Option<crust_rudp::ProbeSource>,
     ) -> Result<(Service, Events)> {
         let Some(first) = transports.first() else {
             return Err(Error::Listen("no transport enabled".into()));
@@ -161,13 +152,7 @@ impl Service {
         // Stable sort: TCP first, everything else after, keeping the caller's order otherwise.
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
         let queue = EventQueue::new(config.event_queue_len.max(1));
-        let node = Arc::new(Node::new(
-            identity,
-            config,
-            transports,
-            queue.clone(),
-            probe_source,
-        ));
+        let node = Arc::new(Node::new(identity, config, transports, queue.clone()));
         let events = Events::new(queue, node.stopped.clone());
         Ok((
             Service {

@@ -948,7 +948,7 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1 + 2);
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1 + 2 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));
