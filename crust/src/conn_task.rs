@@ -21,7 +21,7 @@ use crate::registry::{Admission, Ended, Refusal};
 use crate::{Error, Event, Result};
 
 /// Most events a connection's reader hands over in one batch.
-pub(crate) const EVENT_BATCH: usize = 64;
+pub(crate) const EVENT_BATCH: usize = crate::events::MAX_WAITING_BATCH;
 
 /// Who caused a registration: the application's own call (its events never wait for room
 /// in the event queue) or a peer (they do: backpressure).

@@ -37,10 +37,17 @@ pub(crate) struct EventQueue {
     /// Events pushed and not yet handed to the application (including those the receiver
     /// already took out of `state` but has not returned yet).
     outstanding: AtomicUsize,
-    /// Notified when `outstanding` drops while at or over capacity.
+    /// Notified when room for a whole batch appears (see [`EventQueue::taken`]).
     room: Notify,
     capacity: usize,
+    /// At this many outstanding events a waiting batch (at most [`MAX_WAITING_BATCH`]
+    /// events) fits again.
+    resume_at: usize,
 }
+
+/// Largest batch `push_wait` is given (a reader's batch); larger ones wait for an empty
+/// queue.
+pub(crate) const MAX_WAITING_BATCH: usize = 64;
 
 impl EventQueue {
     /// A queue letting `capacity` events wait for the application before readers wait.
@@ -50,6 +57,7 @@ impl EventQueue {
             outstanding: AtomicUsize::new(0),
             room: Notify::new(),
             capacity: capacity.max(1),
+            resume_at: capacity.max(1).saturating_sub(MAX_WAITING_BATCH),
         })
     }
 
@@ -105,10 +113,14 @@ impl EventQueue {
         }
     }
 
-    /// One event was handed to the application.
+    /// One event was handed to the application. Waiting pushers are woken when the count
+    /// falls below capacity (a single event fits), to where any batch fits again, and to
+    /// zero: every descent passes those values one by one, so no waiter is missed, and
+    /// none is woken per event.
     fn taken(&self) {
         let before = self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        if before >= self.capacity {
+        let after = before.saturating_sub(1);
+        if before >= self.capacity || after == self.resume_at || after == 0 {
             self.room.notify_waiters();
         }
     }
@@ -226,6 +238,38 @@ mod tests {
         assert!(pusher.await.expect("pusher"), "it had to wait");
         assert_eq!(events.recv().await, Some(banned(2)));
         assert_eq!(events.recv().await, Some(banned(3)));
+    }
+
+    /// A batch that does not fit while the queue is below capacity is woken once enough
+    /// room appears (a regression: it used to wait for a wake-up that only came when the
+    /// queue had been full).
+    #[tokio::test]
+    async fn a_waiting_batch_is_woken_when_it_fits() {
+        let queue = EventQueue::new(100);
+        let mut events = Events::new(queue.clone(), CancellationToken::new());
+        let stop = CancellationToken::new();
+        queue.push_now((0..90).map(|n| banned(n as u8)).collect());
+        let pusher = {
+            let queue = queue.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let batch = (0..MAX_WAITING_BATCH).map(|_| banned(200)).collect();
+                queue.push_wait(batch, &stop).await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!pusher.is_finished(), "90 + 64 > 100: it waits");
+        for _ in 0..90 {
+            events.recv().await.expect("event");
+        }
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(60), pusher)
+            .await
+            .expect("the batch is let in")
+            .expect("pusher");
+        assert!(waited);
+        for _ in 0..MAX_WAITING_BATCH {
+            assert_eq!(events.recv().await, Some(banned(200)));
+        }
     }
 
     #[tokio::test]
