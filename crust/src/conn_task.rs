@@ -274,7 +274,7 @@ impl Node {
                                 let endpoint = Endpoint::new(protocol, addr);
                                 let changed = {
                                     let mut reachability = self.reachability();
-                                    reachability.classifier.observe(
+                                    let may_change = reachability.classifier.observe(
                                         peer,
                                         protocol,
                                         local_addr,
@@ -282,7 +282,11 @@ impl Node {
                                         remote_ip,
                                         Instant::now(),
                                     );
-                                    reachability.update()
+                                    if may_change {
+                                        reachability.update()
+                                    } else {
+                                        None
+                                    }
                                 };
                                 if direction == Direction::Inbound && self.registry().contains(peer)
                                 {

@@ -42,8 +42,9 @@ impl Liveness {
             interval,
             timeout,
             last_heard: now,
-            // The first ping goes out at once: the handshake gave no usable RTT sample.
-            next_ping: now,
+            // The first ping waits an interval: a new connection carries its first messages
+            // without extra frames (`Service::ping` measures at once when asked).
+            next_ping: now + interval,
             outstanding: None,
             next_nonce: seed,
             srtt: None,
@@ -120,18 +121,23 @@ mod tests {
     const TIMEOUT: Duration = Duration::from_secs(6);
 
     #[test]
-    fn pings_at_once_then_every_interval() {
+    fn pings_every_interval() {
         let t0 = Instant::now();
         let mut l = Liveness::new(INTERVAL, TIMEOUT, t0, 100);
-        assert_eq!(l.poll(t0), LivenessAction::Ping(100));
         assert_eq!(l.poll(t0), LivenessAction::WaitUntil(t0 + INTERVAL));
-        assert_eq!(l.poll(t0 + INTERVAL), LivenessAction::Ping(101));
+        assert_eq!(l.poll(t0 + INTERVAL), LivenessAction::Ping(100));
+        assert_eq!(
+            l.poll(t0 + INTERVAL),
+            LivenessAction::WaitUntil(t0 + INTERVAL * 2)
+        );
+        assert_eq!(l.poll(t0 + INTERVAL * 2), LivenessAction::Ping(101));
     }
 
     #[test]
     fn rtt_from_matching_pongs_only() {
         let t0 = Instant::now();
         let mut l = Liveness::new(INTERVAL, TIMEOUT, t0, 7);
+        let t0 = t0 + INTERVAL;
         assert_eq!(l.poll(t0), LivenessAction::Ping(7));
         assert_eq!(l.on_pong(99, t0 + Duration::from_millis(5)), None);
         assert_eq!(l.rtt(), None);
@@ -170,7 +176,7 @@ mod tests {
             assert!(pings < 10, "bounded");
         }
         assert_eq!(now, t0 + TIMEOUT);
-        assert_eq!(pings, 3, "pings at 0, 2 and 4 s went unanswered");
+        assert_eq!(pings, 2, "pings at 2 and 4 s went unanswered");
     }
 
     #[test]

@@ -200,7 +200,9 @@ impl NatClassifier {
     }
 
     /// `observer`, reached from our local socket `local` over `protocol`, sees that socket
-    /// as `observed`; the observer's own address (as we see it) is `observer_addr`.
+    /// as `observed`; the observer's own address (as we see it) is `observer_addr`. Returns
+    /// whether the verdict may have changed (cheap to tell: only a new `(observed, network)`
+    /// pair, a changed or evicted observer can change it), so callers classify only then.
     pub(crate) fn observe(
         &mut self,
         observer: PeerId,
@@ -209,17 +211,26 @@ impl NatClassifier {
         observed: SocketAddr,
         observer_addr: IpAddr,
         now: Instant,
-    ) {
+    ) -> bool {
         if !self.listen_ports.contains(&(protocol, local.port())) {
             // A throw-away dial port tells nothing about where we can be reached.
-            return;
+            return false;
         }
         let key = (protocol, local);
         if !self.sockets.contains_key(&key) && self.sockets.len() >= MAX_SOCKETS {
-            return;
+            return false;
         }
+        let network = network_of(observer_addr);
         let observers = self.sockets.entry(key).or_default();
+        let pair_known = observers
+            .values()
+            .any(|o| o.observed == observed && o.network == network);
+        let mut changed = !pair_known
+            || observers
+                .get(&observer)
+                .is_some_and(|o| o.observed != observed || o.network != network);
         if !observers.contains_key(&observer) && observers.len() >= MAX_OBSERVERS_PER_SOCKET {
+            changed = true;
             let oldest = observers
                 .iter()
                 .min_by_key(|(id, o)| (o.at, **id))
@@ -232,10 +243,11 @@ impl NatClassifier {
             observer,
             Observation {
                 observed,
-                network: network_of(observer_addr),
+                network,
                 at: now,
             },
         );
+        changed
     }
 
     /// The current verdict.
@@ -385,7 +397,7 @@ mod tests {
     }
 
     fn observe(c: &mut NatClassifier, n: u8, observed: &str, observer: &str) {
-        c.observe(
+        let _ = c.observe(
             peer(n),
             Protocol::Rudp,
             addr(LOCAL),
@@ -393,6 +405,28 @@ mod tests {
             observer.parse().expect("ip"),
             Instant::now(),
         );
+    }
+
+    #[test]
+    fn only_new_facts_may_change_the_verdict() {
+        let mut c = classifier(2);
+        let seen = |c: &mut NatClassifier, n: u8, observed: &str, observer: &str| {
+            c.observe(
+                peer(n),
+                Protocol::Rudp,
+                addr(LOCAL),
+                addr(observed),
+                observer.parse().expect("ip"),
+                Instant::now(),
+            )
+        };
+        assert!(seen(&mut c, 1, "198.51.100.1:4000", "203.0.113.5"));
+        // Another identity in the same network, same address: nothing new.
+        assert!(!seen(&mut c, 2, "198.51.100.1:4000", "203.0.113.6"));
+        assert!(!seen(&mut c, 1, "198.51.100.1:4000", "203.0.113.5"));
+        // A new network, or an observer changing its story, may change the verdict.
+        assert!(seen(&mut c, 3, "198.51.100.1:4000", "192.0.2.9"));
+        assert!(seen(&mut c, 1, "198.51.100.1:4999", "203.0.113.5"));
     }
 
     #[test]
@@ -468,7 +502,7 @@ mod tests {
     fn dial_ports_and_floods_are_bounded() {
         let mut c = classifier(1);
         // A throw-away dial port is ignored.
-        c.observe(
+        let _ = c.observe(
             peer(1),
             Protocol::Tcp,
             addr("10.0.0.2:55555"),
