@@ -73,6 +73,13 @@ pub enum Error {
     /// A transport-specific failure that has no variant of its own.
     #[error("transport error: {0}")]
     Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The transport cannot do what was asked (say, a hole punch strategy it has no
+    /// sockets for).
+    #[error("not supported by this transport: {0}")]
+    Unsupported(String),
+    /// A hole punch found no open path before its deadline.
+    #[error("hole punch found no path within {0:?}")]
+    PunchTimeout(Duration),
     /// An operating-system level I/O error (bind, connect, read, write).
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),

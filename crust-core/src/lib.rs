@@ -45,6 +45,7 @@ mod identity;
 pub mod limits;
 mod peer_addr;
 pub mod probe;
+pub mod punch;
 pub mod tls;
 mod traits;
 pub mod wire;
@@ -60,6 +61,7 @@ pub use endpoint::{Endpoint, Protocol};
 pub use error::{Error, Result};
 pub use identity::{Identity, PeerId};
 pub use peer_addr::PeerAddr;
+pub use punch::{ConnectionPath, PunchPlan, PunchRole, PunchStrategy};
 pub use traits::{
     Discovery, Listener, NatTraverser, PeerCandidate, PunchRequest, PunchedSocket, Transport,
 };

@@ -51,6 +51,25 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     fn take_probe_receiver(&self) -> Option<crate::probe::ProbeReceiver> {
         None
     }
+
+    /// Runs our side of a coordinated hole punch (see [`crate::punch`]) from the socket we
+    /// listen on, and returns the connection authenticated as `plan.peer`, whichever side's
+    /// packets opened it. Bounded by the plan's timeout and packet limits; fails with
+    /// [`Error::PunchTimeout`](crate::Error::PunchTimeout) when no path opened. The
+    /// default: [`Error::Unsupported`](crate::Error::Unsupported).
+    async fn punch_stream(&self, plan: crate::punch::PunchPlan) -> Result<SecureStream> {
+        let _ = plan;
+        Err(crate::Error::Unsupported(format!(
+            "{} transport does not punch holes",
+            self.protocol()
+        )))
+    }
+
+    /// [`Transport::punch_stream`], returning a message-oriented connection.
+    async fn punch(&self, plan: crate::punch::PunchPlan) -> Result<Connection> {
+        let stream = self.punch_stream(plan).await?;
+        Ok(Connection::new(stream, self.connection_config()))
+    }
 }
 
 /// A listening socket of a [`Transport`].

@@ -761,6 +761,7 @@ fn secure_stream(
             remote_addr: conn.remote_address(),
             protocol: Protocol::Rudp,
             direction,
+            path: crust_core::ConnectionPath::Direct,
         },
         reader: Box::new(recv),
         writer: Box::new(QuicWriter::new(send, linger)),

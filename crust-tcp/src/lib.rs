@@ -345,6 +345,7 @@ impl TcpTransport {
                 remote_addr: addr,
                 protocol: Protocol::Tcp,
                 direction: Direction::Outbound,
+                path: crust_core::ConnectionPath::Direct,
             };
             let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Client(tls));
             Ok(SecureStream {
@@ -477,6 +478,7 @@ async fn accept_handshake(
         remote_addr: remote,
         protocol: Protocol::Tcp,
         direction: Direction::Inbound,
+        path: crust_core::ConnectionPath::Direct,
     };
     let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Server(tls));
     Ok(SecureStream {

@@ -52,8 +52,11 @@ pub struct ConnectionInfo {
     pub remote_addr: SocketAddr,
     /// The transport protocol.
     pub protocol: Protocol,
-    /// Who dialled.
+    /// Who dialled (on a punched connection: `Outbound` for the side that took the
+    /// client role of the handshake).
     pub direction: Direction,
+    /// How the connection was made (a dial, a mapped port, a hole punch).
+    pub path: crate::ConnectionPath,
 }
 
 impl ConnectionInfo {

@@ -18,6 +18,7 @@ pub(super) fn info() -> ConnectionInfo {
         remote_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
         protocol: Protocol::Tcp,
         direction: Direction::Outbound,
+        path: crate::ConnectionPath::Direct,
     }
 }
 
