@@ -106,6 +106,12 @@ pub struct PunchPlan {
     pub role: PunchRole,
     /// How to search.
     pub strategy: PunchStrategy,
+    /// The nonce our probe datagrams carry (UDP). Exchanged over the authenticated
+    /// coordination, so the peer counts only our probes, not a stranger's.
+    pub local_nonce: u64,
+    /// The nonce the peer's probe datagrams carry: only probes with it open the path (a
+    /// third party that does not know it cannot make us adopt its address).
+    pub peer_nonce: u64,
     /// The attempt gives up after this long.
     pub timeout: Duration,
     /// Time between two rounds of punch packets (probe datagrams or connect attempts).
@@ -118,18 +124,21 @@ pub struct PunchPlan {
 
 impl PunchPlan {
     /// A plan with the default pace: 5 s, a round every 50 ms, at most 1,000 packets per
-    /// second and 4,000 in all.
+    /// second and 4,000 in all. `nonces` is `(local_nonce, peer_nonce)`.
     pub fn new(
         peer: PeerId,
         candidates: Vec<SocketAddr>,
         role: PunchRole,
         strategy: PunchStrategy,
+        nonces: (u64, u64),
     ) -> Self {
         PunchPlan {
             peer,
             candidates,
             role,
             strategy,
+            local_nonce: nonces.0,
+            peer_nonce: nonces.1,
             timeout: Duration::from_secs(5),
             interval: Duration::from_millis(50),
             max_packets_per_second: 1_000,
