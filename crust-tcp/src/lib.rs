@@ -34,6 +34,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod punch;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -139,6 +141,8 @@ pub struct TcpTransport {
     client_configs: tls::ClientConfigs,
     /// Addresses we listen on, for dialling from the listening port.
     listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Hole punches in progress, waiting for connections from these addresses.
+    punch_waiters: punch::PunchWaiters,
 }
 
 impl TcpTransport {
@@ -153,6 +157,7 @@ impl TcpTransport {
             identity,
             config,
             listen_addrs: Arc::new(Mutex::new(Vec::new())),
+            punch_waiters: punch::PunchWaiters::default(),
         })
     }
 
@@ -263,6 +268,7 @@ impl Transport for TcpTransport {
             self.acceptor.clone(),
             self.config.clone(),
             tx,
+            self.punch_waiters.clone(),
         ));
         tracing::debug!(endpoint = %Endpoint::tcp(local), peer = %self.identity.peer_id(), "tcp listener started");
         Ok(Box::new(TcpListener {
@@ -301,6 +307,10 @@ impl Transport for TcpTransport {
         };
         tracing::debug!(peer = %stream.info.peer_id, endpoint = %Endpoint::tcp(addr), "tcp connection established");
         Ok(stream)
+    }
+
+    async fn punch_stream(&self, plan: crust_core::PunchPlan) -> Result<SecureStream> {
+        self.punch_tcp(plan).await
     }
 }
 
@@ -413,6 +423,7 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     config: TcpConfig,
     ready: mpsc::Sender<SecureStream>,
+    punch_waiters: punch::PunchWaiters,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
     let per_ip = crust_core::limits::PerIpLimiter::new(config.max_pending_handshakes_per_ip);
@@ -429,6 +440,11 @@ async fn accept_loop(
                 }
             },
             _ = ready.closed() => return,
+        };
+        // A connection a hole punch waits for skips the ordinary handshake: the punch
+        // runs it with the roles both sides agreed on.
+        let Some(tcp) = punch::divert(&punch_waiters, remote, tcp) else {
+            continue;
         };
         let Some(per_ip) = per_ip.admit(remote.ip()) else {
             tracing::debug!(%remote, "too many pending handshakes from this address; dropping connection");

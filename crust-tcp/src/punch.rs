@@ -1,0 +1,244 @@
+//! TCP hole punching by simultaneous open, and the upgrade of an existing TCP stream to an
+//! authenticated Crust stream with an explicit handshake role.
+//!
+//! Both peers `connect()` from their listening port (SO_REUSEADDR + SO_REUSEPORT, like
+//! every socket bound to it) towards the other's external endpoint at about the same
+//! moment. Each SYN opens its sender's NAT towards the other side, so the later one gets
+//! through; depending on timing and NAT type the kernel then completes either a
+//! simultaneous open (both `connect()` calls succeed on one connection) or an ordinary
+//! accept on the listening socket. Both count: while a punch runs, the listener hands a
+//! connection from one of the punch's candidate addresses to the punch instead of running
+//! its own handshake. Since both ends may believe they dialled, the TLS roles come from
+//! the plan ([`PunchRole`]), not from who called `connect`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crust_core::punch::{PunchPlan, PunchRole, PunchStrategy};
+use crust_core::{
+    ConnectionInfo, ConnectionPath, Direction, Error, PeerId, Protocol, Result, SecureStream, tls,
+    wire,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::TcpTransport;
+
+/// Connections punches wait for, by the remote address they come from.
+pub(crate) type PunchWaiters = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<TcpStream>>>>;
+
+/// Hands `tcp` to the punch waiting for `remote`, if any. Returns the stream back when
+/// nobody waits for it.
+pub(crate) fn divert(
+    waiters: &PunchWaiters,
+    remote: SocketAddr,
+    tcp: TcpStream,
+) -> Option<TcpStream> {
+    let waiters = waiters.lock().unwrap_or_else(|p| p.into_inner());
+    match waiters.get(&remote) {
+        Some(tx) => match tx.try_send(tcp) {
+            Ok(()) => {
+                tracing::debug!(%remote, "incoming tcp connection handed to a hole punch");
+                None
+            }
+            Err(mpsc::error::TrySendError::Full(tcp) | mpsc::error::TrySendError::Closed(tcp)) => {
+                Some(tcp)
+            }
+        },
+        None => Some(tcp),
+    }
+}
+
+/// Removes a punch's waiters when it ends (also when it is cancelled).
+struct WaiterGuard {
+    waiters: PunchWaiters,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for addr in &self.addrs {
+            waiters.remove(addr);
+        }
+    }
+}
+
+impl TcpTransport {
+    /// Runs preamble and TLS 1.3 on an already connected TCP stream, taking the given side
+    /// of the handshake, and checks that the peer is `expected`. This is how a stream from
+    /// a TCP simultaneous open (where both sides dialled) becomes a Crust connection; the
+    /// connection's `path` is [`ConnectionPath::PunchedTcp`].
+    pub async fn upgrade(
+        &self,
+        mut tcp: TcpStream,
+        role: PunchRole,
+        expected: PeerId,
+    ) -> Result<SecureStream> {
+        crate::configure_stream(&tcp, self.config.tcp_keepalive)?;
+        let local_addr = tcp.local_addr()?;
+        let remote_addr = tcp.peer_addr()?;
+        wire::exchange_preamble(&mut tcp).await?;
+        let (peer_id, stream, direction) = match role {
+            PunchRole::Client => {
+                let (connector, verifier) = self.connector_for(Some(expected));
+                let tls = connector
+                    .connect(tls::server_name(), tcp)
+                    .await
+                    .map_err(|e| tls::dial_handshake_error(&verifier, e))?;
+                let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
+                (
+                    peer_id,
+                    tokio_rustls::TlsStream::Client(tls),
+                    Direction::Outbound,
+                )
+            }
+            PunchRole::Server => {
+                let tls = self
+                    .acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| Error::Handshake(e.to_string()))?;
+                let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
+                (
+                    peer_id,
+                    tokio_rustls::TlsStream::Server(tls),
+                    Direction::Inbound,
+                )
+            }
+        };
+        if peer_id != expected {
+            return Err(Error::PeerIdMismatch {
+                expected,
+                actual: peer_id,
+            });
+        }
+        let info = ConnectionInfo {
+            peer_id,
+            local_addr,
+            remote_addr,
+            protocol: Protocol::Tcp,
+            direction,
+            path: ConnectionPath::PunchedTcp,
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        Ok(SecureStream {
+            info,
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            keep_alive: None,
+        })
+    }
+
+    /// Our side of a TCP hole punch (see the [module docs](self)).
+    pub(crate) async fn punch_tcp(&self, plan: PunchPlan) -> Result<SecureStream> {
+        if plan.strategy != PunchStrategy::Direct {
+            return Err(Error::Unsupported(
+                "tcp punches only by simultaneous open (no birthday search over tcp)".into(),
+            ));
+        }
+        let mut targets = Vec::new();
+        for addr in &plan.candidates {
+            match self.listen_port_for(*addr) {
+                Some(local) if !targets.iter().any(|(a, _)| a == addr) => {
+                    targets.push((*addr, local))
+                }
+                Some(_) => {}
+                None => tracing::debug!(%addr, "no listening socket of this family to punch from"),
+            }
+        }
+        if targets.is_empty() {
+            return Err(Error::Unsupported(
+                "tcp punching needs a listening socket of the candidates' family and dial_from_listen_port".into(),
+            ));
+        }
+        let (tx, mut rx) = mpsc::channel::<TcpStream>(targets.len() * 2);
+        let _guard = {
+            let mut waiters = self.punch_waiters.lock().unwrap_or_else(|p| p.into_inner());
+            for (addr, _) in &targets {
+                waiters.insert(*addr, tx.clone());
+            }
+            WaiterGuard {
+                waiters: self.punch_waiters.clone(),
+                addrs: targets.iter().map(|(a, _)| *a).collect(),
+            }
+        };
+        let deadline = tokio::time::Instant::now() + plan.timeout;
+        // Connect attempts in all, over every candidate: each is one SYN (plus the
+        // kernel's own retransmissions of it).
+        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(plan.max_packets.max(1)));
+        let mut connects = JoinSet::new();
+        for (addr, local) in targets {
+            connects.spawn(connect_loop(
+                addr,
+                local,
+                plan.interval,
+                deadline,
+                budget.clone(),
+                tx.clone(),
+            ));
+        }
+        drop(tx);
+        let tcp = tokio::select! {
+            tcp = rx.recv() => tcp,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        connects.abort_all();
+        let Some(tcp) = tcp else {
+            return Err(Error::PunchTimeout(plan.timeout));
+        };
+        let remote = tcp.peer_addr().ok();
+        tracing::debug!(?remote, role = ?plan.role, "tcp punch opened a connection");
+        let handshake = self.config.connection.handshake_timeout;
+        tokio::time::timeout(handshake, self.upgrade(tcp, plan.role, plan.peer))
+            .await
+            .map_err(|_| Error::HandshakeTimeout(handshake))?
+    }
+}
+
+/// Connects to `addr` from `local` until it succeeds, the deadline passes or the shared
+/// attempt budget is spent. A failed attempt (refused, reset, unreachable, or the
+/// four-tuple taken by a connection the listener accepted meanwhile) is retried after
+/// `interval`; a SYN the peer's NAT drops is retransmitted by the kernel.
+async fn connect_loop(
+    addr: SocketAddr,
+    local: SocketAddr,
+    interval: Duration,
+    deadline: tokio::time::Instant,
+    budget: Arc<std::sync::atomic::AtomicUsize>,
+    won: mpsc::Sender<TcpStream>,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let spend = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(1)
+        });
+        if spend.is_err() || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        let attempt = async {
+            let socket = crate::new_socket(addr)?;
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(local)?;
+            Ok::<_, Error>(socket.connect(addr).await?)
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(tcp)) => {
+                let _ = won.send(tcp).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::trace!(%addr, %local, error = %e, "tcp punch connect failed; retrying");
+            }
+            Err(_) => return,
+        }
+        tokio::time::sleep(
+            interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+    }
+}
