@@ -112,7 +112,11 @@ pub struct PunchPlan {
     /// The nonce the peer's probe datagrams carry: only probes with it open the path (a
     /// third party that does not know it cannot make us adopt its address).
     pub peer_nonce: u64,
-    /// The attempt gives up after this long.
+    /// How long to wait before sending the first punch packet (so that both sides start
+    /// together). The transport is ready for the peer's packets and connections from the
+    /// moment `punch` is called: what arrives early counts.
+    pub start_delay: Duration,
+    /// The attempt gives up after this long (counted from the call, delay included).
     pub timeout: Duration,
     /// Time between two rounds of punch packets (probe datagrams or connect attempts).
     pub interval: Duration,
@@ -139,6 +143,7 @@ impl PunchPlan {
             strategy,
             local_nonce: nonces.0,
             peer_nonce: nonces.1,
+            start_delay: Duration::ZERO,
             timeout: Duration::from_secs(5),
             interval: Duration::from_millis(50),
             max_packets_per_second: 1_000,
@@ -149,6 +154,12 @@ impl PunchPlan {
     /// Sets [`PunchPlan::timeout`].
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`PunchPlan::start_delay`].
+    pub fn with_start_delay(mut self, delay: Duration) -> Self {
+        self.start_delay = delay;
         self
     }
 

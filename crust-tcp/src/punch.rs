@@ -175,7 +175,7 @@ impl TcpTransport {
             connects.spawn(connect_loop(
                 addr,
                 local,
-                plan.interval,
+                (plan.start_delay, plan.interval),
                 deadline,
                 budget.clone(),
                 tx.clone(),
@@ -206,12 +206,13 @@ impl TcpTransport {
 async fn connect_loop(
     addr: SocketAddr,
     local: SocketAddr,
-    interval: Duration,
+    (start_delay, interval): (Duration, Duration),
     deadline: tokio::time::Instant,
     budget: Arc<std::sync::atomic::AtomicUsize>,
     won: mpsc::Sender<TcpStream>,
 ) {
     use std::sync::atomic::Ordering;
+    tokio::time::sleep_until((tokio::time::Instant::now() + start_delay).min(deadline)).await;
     loop {
         let spend = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
             left.checked_sub(1)

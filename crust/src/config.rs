@@ -98,6 +98,13 @@ pub struct ServiceConfig {
     pub tcp_head_start: Duration,
     /// Upper bound for one `connect()` call, all attempts included. Default 20 s.
     pub connect_timeout: Duration,
+    /// Connect by `PeerId` ([`Service::connect_peer`](crate::Service::connect_peer),
+    /// [`Service::connect_to`](crate::Service::connect_to)) punches a hole through NATs,
+    /// introduced by a connected peer, when direct dials do not answer. Default `true`.
+    pub hole_punching: bool,
+    /// How long direct dials run alone before a hole punch starts beside them (at once
+    /// when they all failed, or when no endpoint is known). Default 1 s.
+    pub punch_head_start: Duration,
     /// Per-peer inbound limits. Default [`RateLimit::default`].
     pub rate_limit: RateLimit,
     /// What to do with peers over the limit. Default [`FloodAction::Ban`].
@@ -154,6 +161,8 @@ impl Default for ServiceConfig {
             connection: ConnectionConfig::default(),
             tcp_head_start: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(20),
+            hole_punching: true,
+            punch_head_start: Duration::from_secs(1),
             rate_limit: RateLimit::default(),
             flood_action: FloodAction::Ban,
             event_queue_len: 4096,
@@ -233,6 +242,18 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::tcp_head_start`].
     pub fn with_tcp_head_start(mut self, head_start: Duration) -> Self {
         self.tcp_head_start = head_start;
+        self
+    }
+
+    /// Sets [`ServiceConfig::hole_punching`].
+    pub fn with_hole_punching(mut self, enabled: bool) -> Self {
+        self.hole_punching = enabled;
+        self
+    }
+
+    /// Sets [`ServiceConfig::punch_head_start`].
+    pub fn with_punch_head_start(mut self, head_start: Duration) -> Self {
+        self.punch_head_start = head_start;
         self
     }
 

@@ -91,6 +91,7 @@ impl Node {
                     endpoint: info.remote_endpoint(),
                     direction: info.direction,
                     protocol: info.protocol,
+                    path: info.path,
                 })
             }
             Admission::Successor => {
@@ -312,6 +313,9 @@ impl Node {
                     }
                     crate::probe_driver::PROBE_FRAME => {
                         self.handle_probe_frame(peer, handle, &frame.payload);
+                    }
+                    crate::punch::PUNCH_FRAME => {
+                        self.handle_punch_frame(peer, handle, &frame.payload);
                     }
                     other => {
                         if !self.control.dispatch(other, peer, frame.payload) {

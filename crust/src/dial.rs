@@ -117,10 +117,47 @@ impl Node {
                 Instant::now(),
             );
         }
+        let can_punch = self.config.hole_punching && self.active_peers().iter().any(|p| *p != peer);
         if endpoints.is_empty() {
+            if can_punch {
+                return self.punch_connect(peer).await;
+            }
             return Err(Error::UnknownPeer(peer));
         }
-        self.connect(endpoints, Some(peer), cause).await
+        if !can_punch {
+            return self.connect(endpoints, Some(peer), cause).await;
+        }
+        // Direct dials first; a punch joins them after a head start, or at once when they
+        // all failed. The first connection wins.
+        let direct = self.connect(endpoints, Some(peer), cause);
+        tokio::pin!(direct);
+        let direct_failed = tokio::select! {
+            outcome = &mut direct => match outcome {
+                Ok(peer) => return Ok(peer),
+                Err(e) => Some(e),
+            },
+            _ = tokio::time::sleep(self.config.punch_head_start) => None,
+        };
+        let punch = self.punch_connect(peer);
+        tokio::pin!(punch);
+        let direct_error = match direct_failed {
+            Some(e) => e,
+            None => tokio::select! {
+                outcome = &mut direct => match outcome {
+                    Ok(peer) => return Ok(peer),
+                    Err(e) => e,
+                },
+                outcome = &mut punch => match outcome {
+                    Ok(peer) => return Ok(peer),
+                    Err(punch_error) => {
+                        return direct.await.map_err(|direct_error| prefer(direct_error, punch_error));
+                    }
+                },
+            },
+        };
+        punch
+            .await
+            .map_err(|punch_error| prefer(direct_error, punch_error))
     }
 
     /// Runs the happy-eyeballs race and reports the first outcome on `result`. Keeps
@@ -220,6 +257,15 @@ impl Node {
         if let Some(tx) = result.take() {
             let _ = tx.send(Err(Error::ConnectFailed(failures)));
         }
+    }
+}
+
+/// The error to report when both direct dials and a punch failed: the punch's (it names
+/// the NAT classes), unless no peer could even introduce us.
+fn prefer(direct: Error, punch: Error) -> Error {
+    match punch {
+        Error::PunchFailed(crate::PunchFailure::NoCoordinator(_)) => direct,
+        punch => punch,
     }
 }
 

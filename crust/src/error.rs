@@ -49,6 +49,9 @@ pub enum Error {
     /// [`Service::ping`](crate::Service::ping): this many pings already wait for an answer.
     #[error("{0} pings to this peer already wait for an answer")]
     TooManyPings(usize),
+    /// Connecting by hole punch failed (typed; names both NAT classes where they matter).
+    #[error("hole punch: {0}")]
+    PunchFailed(#[from] crate::PunchFailure),
     /// The service has been shut down.
     #[error("service is shut down")]
     Shutdown,

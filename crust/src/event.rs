@@ -1,7 +1,7 @@
 //! Events a [`Service`](crate::Service) hands to the application.
 
 use bytes::Bytes;
-use crust_core::{Direction, Endpoint, PeerId, Protocol};
+use crust_core::{ConnectionPath, Direction, Endpoint, PeerId, Protocol};
 
 use crate::reachability::Reachability;
 use crate::reason::{ConnectFailure, FloodLimit, LostReason};
@@ -25,6 +25,8 @@ pub enum Event {
         direction: Direction,
         /// The transport the connection uses.
         protocol: Protocol,
+        /// How the connection was made: a dial or accept, a mapped port, a hole punch.
+        path: ConnectionPath,
     },
     /// The connection to a peer ended.
     LostPeer {

@@ -80,9 +80,8 @@ const REQUEST: u8 = 1;
 const FORWARD: u8 = 2;
 const REPORT: u8 = 3;
 
-/// Why a probe message was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Malformed;
+pub(crate) use crate::codec::Malformed;
+use crate::codec::{Reader, put_ip};
 
 impl ProbeMessage {
     pub(crate) fn encode(&self) -> Bytes {
@@ -154,49 +153,6 @@ impl ProbeMessage {
             return Err(Malformed);
         }
         Ok(message)
-    }
-}
-
-fn put_ip(out: &mut BytesMut, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            out.put_u8(4);
-            out.put_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            out.put_u8(6);
-            out.put_slice(&v6.octets());
-        }
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], Malformed> {
-        let (head, rest) = self.0.split_at_checked(N).ok_or(Malformed)?;
-        self.0 = rest;
-        head.try_into().map_err(|_| Malformed)
-    }
-
-    fn u8(&mut self) -> Result<u8, Malformed> {
-        Ok(self.take::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, Malformed> {
-        Ok(u16::from_be_bytes(self.take()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, Malformed> {
-        Ok(u64::from_be_bytes(self.take()?))
-    }
-
-    fn ip(&mut self) -> Result<IpAddr, Malformed> {
-        match self.u8()? {
-            4 => Ok(IpAddr::from(self.take::<4>()?)),
-            6 => Ok(IpAddr::from(self.take::<16>()?)),
-            _ => Err(Malformed),
-        }
     }
 }
 

@@ -35,6 +35,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod address_book;
+mod codec;
 mod config;
 mod conn_task;
 mod control;
@@ -51,6 +52,7 @@ mod node;
 mod observed;
 mod plugins;
 mod probe_driver;
+mod punch;
 mod rate;
 mod reachability;
 mod reason;
@@ -64,6 +66,7 @@ pub use discovery_driver::DISCOVERY_CONCURRENCY;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use events::Events;
+pub use punch::PunchFailure;
 pub use reachability::{FilteringBehaviour, MappingBehaviour, NatType, Reachability};
 pub use reason::{
     ConnectFailure, DialFailure, FloodLimit, LostReason, TransportErrorKind, TransportFailure,
@@ -74,7 +77,7 @@ pub use bytes::Bytes;
 pub use crust_beacon::{self as beacon, BeaconConfig};
 pub use crust_bootstrap::{self as bootstrap, BootstrapConfig, Contact};
 pub use crust_core::{
-    ConnectionConfig, ConnectionInfo, Direction, Discovery, Endpoint, Identity, PeerAddr,
-    PeerCandidate, PeerId, Protocol, wire,
+    ConnectionConfig, ConnectionInfo, ConnectionPath, Direction, Discovery, Endpoint, Identity,
+    PeerAddr, PeerCandidate, PeerId, Protocol, wire,
 };
 pub use crust_nat::{self as nat, PortMapConfig};

@@ -128,6 +128,8 @@ pub(crate) struct Node {
     pub(crate) probes: Mutex<crate::probe_driver::ProbeState>,
     /// Plug-ins started from the config (see `plugins.rs`).
     pub(crate) plugins: Mutex<crate::plugins::Started>,
+    /// Hole punching: as coordinator, initiator and responder (`punch/`).
+    pub(crate) punch: Mutex<crate::punch::PunchState>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,6 +166,7 @@ impl Node {
 
             plugins: Mutex::new(crate::plugins::Started::default()),
             probes: Mutex::new(crate::probe_driver::ProbeState::default()),
+            punch: Mutex::new(crate::punch::PunchState::default()),
         }
     }
 
@@ -309,6 +312,26 @@ impl Node {
             .active_connections()
             .map(|(peer, handle)| (peer, handle.clone()))
             .collect()
+    }
+
+    /// The peers we have a connection to.
+    pub(crate) fn active_peers(&self) -> Vec<PeerId> {
+        self.registry()
+            .active_connections()
+            .map(|(peer, _)| peer)
+            .collect()
+    }
+
+    /// Our listeners on each interface address (no external endpoints).
+    pub(crate) fn interface_endpoints(&self) -> Vec<Endpoint> {
+        let bound = self.listening().endpoints.clone();
+        let needs_interfaces = bound.iter().any(|ep| ep.addr().ip().is_unspecified());
+        let interfaces = if needs_interfaces {
+            crate::endpoints::interface_addresses()
+        } else {
+            Vec::new()
+        };
+        crate::endpoints::reachable_endpoints(&bound, &interfaces, self.config.include_loopback)
     }
 
     /// Every known address, for [`Service::known_peers`](crate::Service::known_peers).

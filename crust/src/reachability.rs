@@ -199,6 +199,11 @@ impl NatClassifier {
         self.mapped = mapped;
     }
 
+    /// The external endpoints a gateway maps for us now.
+    pub(crate) fn mapped(&self) -> &[Endpoint] {
+        &self.mapped
+    }
+
     /// `observer`, reached from our local socket `local` over `protocol`, sees that socket
     /// as `observed`; the observer's own address (as we see it) is `observer_addr`. Returns
     /// whether the verdict may have changed (cheap to tell: only a new `(observed, network)`

@@ -254,6 +254,9 @@ pub enum ConnectFailure {
     /// The service is shutting down.
     #[error("service is shut down")]
     Shutdown,
+    /// A hole punch was tried and failed.
+    #[error("hole punch: {0}")]
+    Punch(crate::PunchFailure),
     /// Anything else, in words.
     #[error("{0}")]
     Other(String),
@@ -261,7 +264,7 @@ pub enum ConnectFailure {
 
 impl ConnectFailure {
     /// A stable, short name for scripts: `attempts`, `timed_out`, `banned`, `peer_limit`,
-    /// `self_connect`, `no_usable_endpoint`, `unknown_peer`, `shutdown`, `other`.
+    /// `self_connect`, `no_usable_endpoint`, `unknown_peer`, `punch`, `shutdown`, `other`.
     pub const fn kind(&self) -> &'static str {
         match self {
             ConnectFailure::Attempts(_) => "attempts",
@@ -272,6 +275,7 @@ impl ConnectFailure {
             ConnectFailure::NoUsableEndpoint => "no_usable_endpoint",
             ConnectFailure::UnknownPeer(_) => "unknown_peer",
             ConnectFailure::Shutdown => "shutdown",
+            ConnectFailure::Punch(_) => "punch",
             ConnectFailure::Other(_) => "other",
         }
     }
@@ -289,6 +293,7 @@ impl From<&crate::Error> for ConnectFailure {
             E::NoUsableEndpoint(_) => ConnectFailure::NoUsableEndpoint,
             E::UnknownPeer(peer) => ConnectFailure::UnknownPeer(*peer),
             E::Shutdown => ConnectFailure::Shutdown,
+            E::PunchFailed(failure) => ConnectFailure::Punch(failure.clone()),
             other => ConnectFailure::Other(other.to_string()),
         }
     }

@@ -20,7 +20,7 @@ use crate::events::{EventQueue, Events};
 use crate::node::{DISCOVERY_REPORT_QUEUE, MANUAL_PING_BIT, MAX_MANUAL_PINGS, ManualPing, Node};
 use crate::reachability::Reachability;
 use crate::reason::{ConnectFailure, LostReason};
-use crate::{Error, Event, Result, endpoints, plugins};
+use crate::{Error, Event, Result, plugins};
 
 /// A Crust node: listens, connects (TCP first, reliable UDP as fallback), keeps at most one
 /// connection per peer, and reports everything as [`Event`]s.
@@ -243,14 +243,7 @@ impl Service {
 
     /// Our listeners on each interface address (no external endpoints).
     pub fn interface_endpoints(&self) -> Vec<Endpoint> {
-        let bound = self.listening_endpoints();
-        let needs_interfaces = bound.iter().any(|ep| ep.addr().ip().is_unspecified());
-        let interfaces = if needs_interfaces {
-            endpoints::interface_addresses()
-        } else {
-            Vec::new()
-        };
-        endpoints::reachable_endpoints(&bound, &interfaces, self.node.config.include_loopback)
+        self.node.interface_endpoints()
     }
 
     /// Our own [`PeerAddr`]: our id and [`Service::our_endpoints`], to hand to others.

@@ -37,6 +37,8 @@ impl Printer {
                 endpoint,
                 direction,
                 protocol,
+                path,
+                ..
             } => self.emit(
                 json!({
                     "event": "new_peer",
@@ -44,10 +46,11 @@ impl Printer {
                     "endpoint": endpoint,
                     "direction": direction_str(*direction),
                     "protocol": protocol.as_str(),
+                    "path": path.as_str(),
                 }),
                 || {
                     format!(
-                        "new-peer {} {endpoint} {} {protocol}",
+                        "new-peer {} {endpoint} {} {protocol} {path}",
                         peer.short(),
                         direction_str(*direction)
                     )
