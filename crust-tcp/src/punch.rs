@@ -182,21 +182,116 @@ impl TcpTransport {
             ));
         }
         drop(tx);
-        let tcp = tokio::select! {
-            tcp = rx.recv() => tcp,
-            _ = tokio::time::sleep_until(deadline) => None,
+        let handshake = self.config.connection.handshake_timeout;
+        let outcome = match plan.role {
+            PunchRole::Client => {
+                self.upgrade_first(&mut rx, plan.peer, deadline, handshake)
+                    .await
+            }
+            PunchRole::Server => {
+                self.upgrade_any(&mut rx, plan.peer, deadline, handshake)
+                    .await
+            }
         };
         connects.abort_all();
-        let Some(tcp) = tcp else {
-            return Err(Error::PunchTimeout(plan.timeout));
-        };
-        let remote = tcp.peer_addr().ok();
-        tracing::debug!(?remote, role = ?plan.role, "tcp punch opened a connection");
-        let handshake = self.config.connection.handshake_timeout;
-        tokio::time::timeout(handshake, self.upgrade(tcp, plan.role, plan.peer))
-            .await
-            .map_err(|_| Error::HandshakeTimeout(handshake))?
+        outcome.unwrap_or(Err(Error::PunchTimeout(plan.timeout)))
     }
+
+    /// The client side: several connections may open (IPv4 and IPv6, the peer's own dial
+    /// and ours); run TLS on one at a time, in the order they opened, so the server side
+    /// can only complete the one we chose. `None` when none opened before the deadline.
+    async fn upgrade_first(
+        &self,
+        opened: &mut mpsc::Receiver<TcpStream>,
+        peer: PeerId,
+        deadline: tokio::time::Instant,
+        handshake: Duration,
+    ) -> Option<Result<SecureStream>> {
+        let mut last = None;
+        loop {
+            let tcp = tokio::select! {
+                tcp = opened.recv() => tcp,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(tcp) = tcp else {
+                return last;
+            };
+            let remote = tcp.peer_addr().ok();
+            tracing::debug!(
+                ?remote,
+                "tcp punch opened a connection; handshake as the client"
+            );
+            match tokio::time::timeout(handshake, self.upgrade(tcp, PunchRole::Client, peer)).await
+            {
+                Ok(Ok(stream)) => return Some(Ok(stream)),
+                Ok(Err(e @ Error::PeerIdMismatch { .. })) => return Some(Err(e)),
+                Ok(Err(e)) => {
+                    tracing::debug!(?remote, error = %e, "punched connection failed its handshake");
+                    last = Some(Err(e));
+                }
+                Err(_) => last = Some(Err(Error::HandshakeTimeout(handshake))),
+            }
+        }
+    }
+
+    /// The server side: answer on every connection that opens, at once; the one the
+    /// client chose completes.
+    async fn upgrade_any(
+        &self,
+        opened: &mut mpsc::Receiver<TcpStream>,
+        peer: PeerId,
+        deadline: tokio::time::Instant,
+        handshake: Duration,
+    ) -> Option<Result<SecureStream>> {
+        let mut handshakes = handshake_set();
+        let mut last = None;
+        let mut open = true;
+        loop {
+            tokio::select! {
+                tcp = opened.recv(), if open => match tcp {
+                    Some(tcp) => {
+                        tracing::debug!(remote = ?tcp.peer_addr().ok(), "tcp punch opened a connection; handshake as the server");
+                        handshakes.spawn(tokio::time::timeout(handshake, self.upgrade_owned(tcp, peer)));
+                    }
+                    None => open = false,
+                },
+                Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                    Ok(Ok(Ok(stream))) => return Some(Ok(stream)),
+                    Ok(Ok(Err(e @ Error::PeerIdMismatch { .. }))) => return Some(Err(e)),
+                    Ok(Ok(Err(e))) => {
+                        tracing::debug!(error = %e, "punched connection failed its handshake");
+                        last = Some(Err(e));
+                    }
+                    Ok(Err(_)) => last = Some(Err(Error::HandshakeTimeout(handshake))),
+                    Err(e) => last = Some(Err(Error::Io(std::io::Error::other(e)))),
+                },
+                _ = tokio::time::sleep_until(deadline), if handshakes.is_empty() => return last,
+                else => return last,
+            }
+        }
+    }
+
+    /// [`TcpTransport::upgrade`] as the server, as a `'static` future (for a task).
+    fn upgrade_owned(
+        &self,
+        tcp: TcpStream,
+        peer: PeerId,
+    ) -> impl std::future::Future<Output = Result<SecureStream>> + Send + 'static {
+        let this = TcpTransport {
+            identity: self.identity.clone(),
+            config: self.config.clone(),
+            acceptor: self.acceptor.clone(),
+            client_configs: self.client_configs.clone(),
+            listen_addrs: self.listen_addrs.clone(),
+            punch_waiters: self.punch_waiters.clone(),
+        };
+        async move { this.upgrade(tcp, PunchRole::Server, peer).await }
+    }
+}
+
+fn handshake_set() -> JoinSet<std::result::Result<Result<SecureStream>, tokio::time::error::Elapsed>>
+{
+    JoinSet::new()
 }
 
 /// Connects to `addr` from `local` until it succeeds, the deadline passes or the shared

@@ -542,6 +542,12 @@ impl Node {
             tracing::debug!(%peer, protocol = %attempt.protocol, role = ?attempt.role, strategy = ?attempt.strategy, candidates = ?attempt.candidates, "punching");
             punches.push(async move { (attempt.protocol, transport.punch(punch_plan).await) });
         }
+        if punches.is_empty() {
+            return Err(PunchFailure::NoMethod {
+                ours: classes.0.name(),
+                theirs: classes.1.name(),
+            });
+        }
         let no_path = PunchFailure::NoPath {
             ours: classes.0.name(),
             theirs: classes.1.name(),

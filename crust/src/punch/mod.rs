@@ -71,6 +71,17 @@ pub enum PunchFailure {
         /// How long the punches ran.
         within: Duration,
     },
+    /// No punch method fits these NATs with the transports we run (a symmetric NAT can
+    /// only be punched over reliable UDP, by the birthday search).
+    #[error(
+        "no hole-punch method for these NATs with our transports (our NAT: {ours}, theirs: {theirs}; a symmetric NAT needs reliable UDP)"
+    )]
+    NoMethod {
+        /// Our NAT class.
+        ours: &'static str,
+        /// The peer's NAT class.
+        theirs: &'static str,
+    },
     /// Too many punches with this peer recently, or at once: try later.
     #[error("too many hole punches with this peer recently, or at once; try again later")]
     Busy,
@@ -78,7 +89,7 @@ pub enum PunchFailure {
 
 impl PunchFailure {
     /// A stable, short name for scripts: `no_coordinator`, `refused`,
-    /// `coordination_timeout`, `both_symmetric`, `no_path`, `busy`.
+    /// `coordination_timeout`, `both_symmetric`, `no_path`, `no_method`, `busy`.
     pub const fn kind(&self) -> &'static str {
         match self {
             PunchFailure::NoCoordinator(_) => "no_coordinator",
@@ -86,6 +97,7 @@ impl PunchFailure {
             PunchFailure::CoordinationTimeout { .. } => "coordination_timeout",
             PunchFailure::BothSymmetric { .. } => "both_symmetric",
             PunchFailure::NoPath { .. } => "no_path",
+            PunchFailure::NoMethod { .. } => "no_method",
             PunchFailure::Busy => "busy",
         }
     }

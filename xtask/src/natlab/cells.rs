@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::expect::{self, Target};
+use super::expect::{self, PunchProtocol, Target};
 use super::nat::NatType;
 use super::node::{DialOutcome, Node, cell_log_dir};
 use super::report::{CellReport, round2};
 use super::topology::{self, Lab, Role, Router};
 use super::upnp;
 
+mod punch;
 mod router;
 mod support;
 
@@ -60,6 +61,9 @@ pub(crate) enum Cell {
     /// `a1` behind `r1` (first type) dials `b1` behind `r2` (second type) directly at
     /// `b1`'s observed and LAN endpoints.
     Pair(NatType, NatType),
+    /// `a1` behind `r1` (first type) connects to `b1` behind `r2` (second type) by `PeerId`
+    /// alone: a hole punch introduced by `pub`, over one protocol, many trials.
+    Punch(NatType, NatType, PunchProtocol),
     /// `a1` and `a2` behind the same `r1` connect over their LAN endpoints.
     SameNat(NatType),
     /// `pub` dials a host behind a router without NAT.
@@ -86,6 +90,7 @@ impl Cell {
             Cell::Observe(t) => format!("observe/{t}"),
             Cell::Filter(t) => format!("filter/{t}"),
             Cell::Pair(a, b) => format!("pair/{a}->{b}"),
+            Cell::Punch(a, b, p) => format!("punch/{}/{a}->{b}", p.name()),
             Cell::SameNat(t) => format!("same-nat/{t}"),
             Cell::DirectNone => "direct/none".to_owned(),
             Cell::Upnp => "upnp/port-restricted".to_owned(),
@@ -103,6 +108,11 @@ impl Cell {
             cells.extend(NatType::ALL.iter().map(|b| Cell::Pair(a, *b)));
         }
         cells.extend(NatType::ALL.iter().map(|t| Cell::SameNat(*t)));
+        for protocol in PunchProtocol::ALL {
+            for a in NatType::BEHIND {
+                cells.extend(NatType::BEHIND.iter().map(|b| Cell::Punch(a, *b, protocol)));
+            }
+        }
         cells.push(Cell::DirectNone);
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
@@ -121,6 +131,22 @@ impl Cell {
             Cell::Observe(NatType::Symmetric),
             Cell::Filter(NatType::FullCone),
             Cell::SameNat(NatType::PortRestricted),
+            Cell::Punch(
+                NatType::PortRestricted,
+                NatType::PortRestricted,
+                PunchProtocol::Udp,
+            ),
+            Cell::Punch(
+                NatType::AddressRestricted,
+                NatType::PortRestricted,
+                PunchProtocol::Tcp,
+            ),
+            Cell::Punch(
+                NatType::Symmetric,
+                NatType::PortRestricted,
+                PunchProtocol::Udp,
+            ),
+            Cell::Punch(NatType::Symmetric, NatType::Symmetric, PunchProtocol::Udp),
             Cell::DirectNone,
             Cell::UpnpCrust,
             Cell::Ipv6Firewall,
@@ -176,6 +202,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) bin: PathBuf,
     /// Base directory of the node logs.
     pub(crate) logs: PathBuf,
+    /// Trials per punch cell.
+    pub(crate) trials: usize,
+    /// Where the next punch trial's ports start (see `cells/punch.rs`).
+    pub(crate) next_trial_port: u16,
 }
 
 impl Ctx<'_> {
@@ -187,6 +217,7 @@ impl Ctx<'_> {
             Cell::Observe(t) => self.observe(&name, t),
             Cell::Filter(t) => self.filter(&name, t),
             Cell::Pair(a, b) => self.pair(&name, a, b),
+            Cell::Punch(a, b, p) => self.punch(&name, a, b, p),
             Cell::SameNat(t) => self.same_nat(&name, t),
             Cell::DirectNone => self.direct_none(&name),
             Cell::Upnp => self.upnp(&name),
@@ -553,7 +584,7 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 1 + 1 + 2 + 1);
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 1 + 2 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));

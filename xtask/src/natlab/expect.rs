@@ -111,6 +111,85 @@ pub(crate) fn direct_dial(_a: NatType, b: NatType, target: Target) -> bool {
     }
 }
 
+/// The protocol a punch cell runs (the node's other transport is disabled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PunchProtocol {
+    Udp,
+    Tcp,
+}
+
+impl PunchProtocol {
+    pub(crate) const ALL: [PunchProtocol; 2] = [PunchProtocol::Udp, PunchProtocol::Tcp];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PunchProtocol::Udp => "udp",
+            PunchProtocol::Tcp => "tcp",
+        }
+    }
+
+    /// The `path` a punched connection of this protocol reports.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            PunchProtocol::Udp => "punched-udp",
+            PunchProtocol::Tcp => "punched-tcp",
+        }
+    }
+
+    /// The endpoint scheme of the transport.
+    pub(crate) fn name_in_endpoints(self) -> &'static str {
+        match self {
+            PunchProtocol::Udp => "rudp",
+            PunchProtocol::Tcp => "tcp",
+        }
+    }
+
+    /// The `crust-peer` flag that disables the other transport.
+    pub(crate) fn disable_other(self) -> &'static str {
+        match self {
+            PunchProtocol::Udp => "--no-tcp",
+            PunchProtocol::Tcp => "--no-rudp",
+        }
+    }
+}
+
+/// What a punch cell should show.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct PunchExpectation {
+    /// The share of trials that must connect (0: none can).
+    pub(crate) min_success: f64,
+    /// Failures must come within this time and name both NAT classes.
+    pub(crate) fail_within: Option<std::time::Duration>,
+}
+
+/// Median time to a punched connection must stay under this.
+pub(crate) const PUNCH_MEDIAN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What hole punching achieves between `a` and `b` (both behind NAT):
+/// - cones of any filtering: always, by UDP and by TCP (one mapping per socket: what the
+///   rendezvous observed is what the peer must reach; the two sides' packets open both
+///   filters);
+/// - symmetric against a cone, by UDP: the birthday search (256 sockets on the symmetric
+///   side, 1,000 probes from the other) finds a pair with a probability of about 98 %
+///   (`1 - (1 - 256/64,512)^1000`); against a port-restricted cone as well, since the
+///   cone's probes open its filter towards each port they try. Not by TCP: Crust runs no
+///   birthday search over TCP (every attempt is a SYN);
+/// - symmetric on both sides: never; fails at once with both classes named.
+pub(crate) fn punch(a: NatType, b: NatType, protocol: PunchProtocol) -> PunchExpectation {
+    let symmetric = [a, b].iter().filter(|t| **t == NatType::Symmetric).count();
+    let other = if a == NatType::Symmetric { b } else { a };
+    let min_success = match (symmetric, protocol) {
+        (0, _) => 1.0,
+        (1, PunchProtocol::Udp) if other == NatType::PortRestricted => 0.90,
+        (1, PunchProtocol::Udp) => 0.95,
+        _ => 0.0,
+    };
+    PunchExpectation {
+        min_success,
+        fail_within: (symmetric == 2).then_some(std::time::Duration::from_secs(5)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

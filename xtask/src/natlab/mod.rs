@@ -89,6 +89,9 @@ pub(crate) struct NatlabArgs {
     /// Build the lab without running any cell (with --keep: a lab to poke at by hand).
     #[arg(long)]
     pub(crate) no_cells: bool,
+    /// Trials per hole-punch cell (default 20, 5 with --quick).
+    #[arg(long, value_name = "N")]
+    pub(crate) trials: Option<usize>,
     /// With --keep: also leave miniupnpd (UPnP IGD, NAT-PMP, PCP) running on r1.
     #[arg(long)]
     pub(crate) upnp: bool,
@@ -167,6 +170,11 @@ pub(crate) fn run(xtask: &Xtask, args: &NatlabArgs) -> Result<()> {
             publics: &publics,
             bin: bin.clone(),
             logs: logs.clone(),
+            trials: args
+                .trials
+                .unwrap_or(if args.quick { 5 } else { 20 })
+                .max(1),
+            next_trial_port: 0,
         };
         for cell in cells {
             let report = ctx.run(cell);

@@ -26,6 +26,14 @@ pub(crate) enum NatType {
 }
 
 impl NatType {
+    /// The types that translate (what hole punching is about).
+    pub(crate) const BEHIND: [NatType; 4] = [
+        NatType::FullCone,
+        NatType::AddressRestricted,
+        NatType::PortRestricted,
+        NatType::Symmetric,
+    ];
+
     /// Every behaviour, in the order the matrix lists them.
     pub(crate) const ALL: [NatType; 5] = [
         NatType::None,

@@ -161,6 +161,19 @@ impl Node {
         )
     }
 
+    /// Like [`Node::start`], with these extra `crust-peer` arguments (port mapping stays
+    /// on unless they say `--no-port-mapping`).
+    pub(crate) fn start_with(
+        bin: &Path,
+        ns: &str,
+        name: &str,
+        ports: (u16, u16),
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Node> {
+        Self::spawn(bin, ns, name, ports, log_dir, extra)
+    }
+
     /// Like [`Node::start`], but the node maps its ports (UPnP, NAT-PMP, PCP) if its
     /// router offers that.
     pub(crate) fn start_mapping(

@@ -81,14 +81,26 @@ pub(crate) fn spawn_connect_to(service: &Arc<Service>, printer: Printer, addr: P
     tokio::spawn(async move {
         let endpoints = addr.endpoints.clone();
         match service.connect_to(addr.clone()).await {
-            Ok(peer) => printer.emit(
-                json!({"event": "connected", "peer": peer, "endpoints": endpoints}),
-                || format!("connected {peer}"),
-            ),
-            Err(e) => printer.emit(
-                json!({"event": "error", "message": format!("connect {}: {e}", addr.peer_id), "command": "connect"}),
-                || format!("error: connect {}: {e}", addr.peer_id),
-            ),
+            Ok(peer) => {
+                let path = service
+                    .peer_info(peer)
+                    .map(|info| info.connection.path.as_str());
+                printer.emit(
+                    json!({"event": "connected", "peer": peer, "endpoints": endpoints, "path": path}),
+                    || format!("connected {peer} ({})", path.unwrap_or("gone again")),
+                )
+            }
+            Err(e) => {
+                let reason = crust::ConnectFailure::from(&e);
+                let punch = match &e {
+                    crust::Error::PunchFailed(failure) => Some(failure.kind()),
+                    _ => None,
+                };
+                printer.emit(
+                    json!({"event": "error", "message": format!("connect {}: {e}", addr.peer_id), "command": "connect", "reason_kind": reason.kind(), "punch_failure": punch}),
+                    || format!("error: connect {}: {e}", addr.peer_id),
+                )
+            }
         }
     });
 }
@@ -209,6 +221,7 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                         "endpoint": info.remote_endpoint(),
                         "protocol": info.protocol.as_str(),
                         "direction": direction_str(info.direction),
+                        "path": info.path.as_str(),
                         "rtt_ms": rtt,
                     })
                 })
@@ -217,11 +230,12 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                 let mut out = format!("peers {}", peers.len());
                 for info in &peers {
                     out.push_str(&format!(
-                        "\n  {} {} {} {}",
+                        "\n  {} {} {} {} {}",
                         info.peer_id,
                         info.remote_endpoint(),
                         info.protocol,
-                        direction_str(info.direction)
+                        direction_str(info.direction),
+                        info.path
                     ));
                 }
                 out
