@@ -115,7 +115,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
+mod listener;
 mod probe;
+mod punch;
 mod stream;
 mod transport;
 
