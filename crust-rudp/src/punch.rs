@@ -171,11 +171,7 @@ async fn drive(
             }
         }
         let send = path.send;
-        let next_probe = prober.poll(now, |to| {
-            if let Err(e) = send(to) {
-                tracing::trace!(%to, error = %e, "probe not sent");
-            }
-        });
+        let next_probe = prober.poll(now, |to| sent(send(to), to));
         let wake = next_probe.into_iter().chain(connect_at).min();
         tokio::select! {
             result = poll_option(&mut connecting) => {
@@ -209,6 +205,19 @@ async fn drive(
                 }
             }
             () = sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Whether a probe send is done with (sent, or failed for good: counted either way, so a
+/// persistent error cannot make us spin); false when the socket would block.
+fn sent(result: io::Result<()>, to: SocketAddr) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(e) => {
+            tracing::debug!(%to, error = %e, "probe not sent");
+            true
         }
     }
 }
@@ -279,10 +288,9 @@ async fn birthday_open(
     }
     let probe = encode_probe(plan.local_nonce);
     let (winner, from) = loop {
-        let next = prober.poll(Instant::now(), |(i, to)| {
-            if let Some(Err(e)) = birthday.get(i).map(|s| s.try_send_to(&probe, to)) {
-                tracing::trace!(%to, error = %e, "birthday probe not sent");
-            }
+        let next = prober.poll(Instant::now(), |(i, to)| match birthday.get(i) {
+            Some(socket) => sent(socket.try_send_to(&probe, to).map(drop), to),
+            None => true,
         });
         tokio::select! {
             heard = listening.join_next(), if !listening.is_empty() => match heard {

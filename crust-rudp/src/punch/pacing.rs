@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use crust_core::limits::TokenBucket;
 
+/// How soon a probe the socket could not take (its buffer full, or its readiness not yet
+/// known to the runtime) is tried again.
+const BLOCKED_RETRY: Duration = Duration::from_millis(2);
+
 /// Keeps a punch's packets within its plan: at most `total` in all, and at most
 /// `per_second` in any half-open one-second window.
 ///
@@ -34,6 +38,11 @@ impl Pacer {
             sent: 0,
             total,
         }
+    }
+
+    /// Whether a packet may go at `now` ([`Pacer::try_take`] then succeeds at `now`).
+    pub(crate) fn can_take(&self, now: Instant) -> bool {
+        self.sent < self.total && self.bucket.available(now) >= 1.0
     }
 
     /// Takes the right to send one packet at `now`, if the limits allow it.
@@ -207,8 +216,13 @@ impl<T: Copy> Prober<T> {
     }
 
     /// Hands every probe due at `now` to `send`, and returns when to call again: `None`
-    /// once the packet budget is spent.
-    pub(crate) fn poll(&mut self, now: Instant, mut send: impl FnMut(T)) -> Option<Instant> {
+    /// once the packet budget is spent. `send` returns false when the socket would block:
+    /// that probe is neither counted nor dropped, and is tried again a little later.
+    pub(crate) fn poll(
+        &mut self,
+        now: Instant,
+        mut send: impl FnMut(T) -> bool,
+    ) -> Option<Instant> {
         if now >= self.next_round {
             if self.pending.is_empty() {
                 self.pending.extend(self.round.iter().copied());
@@ -228,17 +242,20 @@ impl<T: Copy> Prober<T> {
                 },
             };
             let ready = self.pacer.ready_at(now)?;
-            if ready > now || !self.pacer.try_take(now) {
+            if ready > now || !self.pacer.can_take(now) {
                 // Rounding can leave a hair of a token missing: look again a bit later.
                 let ready = ready.max(now + Duration::from_micros(100));
                 return Some(ready.min(self.next_round));
             }
+            if !send(target) {
+                return Some(now + BLOCKED_RETRY);
+            }
+            self.pacer.try_take(now);
             if from_round {
                 self.pending.pop_front();
             } else {
                 self.peeked = None;
             }
-            send(target);
         }
     }
 
@@ -269,7 +286,10 @@ mod tests {
         let mut wake = Some(start);
         while now < start + span {
             if wake.is_some_and(|at| at <= now) {
-                wake = prober.poll(now, |target| sent.push((now, target)));
+                wake = prober.poll(now, |target| {
+                    sent.push((now, target));
+                    true
+                });
                 if let Some(at) = wake {
                     assert!(at > now, "a prober never asks to be polled again at once");
                 }
@@ -349,6 +369,33 @@ mod tests {
             prober.poll(start + ms(300), |_| panic!("over budget")),
             None
         );
+    }
+
+    #[test]
+    fn a_blocked_send_is_retried_soon_and_not_counted() {
+        let start = Instant::now();
+        let mut prober = Prober::new(
+            Pacer::new(1000, 2, start),
+            ms(50),
+            vec!['a', 'b'],
+            None,
+            start,
+        );
+        let mut tried = Vec::new();
+        let again = prober.poll(start, |target| {
+            tried.push(target);
+            false
+        });
+        assert_eq!(tried, ['a'], "no spinning on a blocked socket");
+        assert_eq!(again, Some(start + BLOCKED_RETRY));
+        assert_eq!(prober.sent(), 0);
+        let later = start + BLOCKED_RETRY;
+        prober.poll(later, |target| {
+            tried.push(target);
+            true
+        });
+        assert_eq!(tried, ['a', 'a', 'b'], "the blocked probe goes first");
+        assert_eq!(prober.sent(), 2);
     }
 
     #[test]
