@@ -153,12 +153,14 @@ async fn drive(
     mut path: Path<'_>,
     mut prober: Prober<SocketAddr>,
 ) -> Result<SecureStream> {
+    let client = plan.role == PunchRole::Client;
     let mut connecting: Option<Connecting<'_>> = None;
-    let mut connect_at = path.adopted.map(|_| Instant::now());
+    // When the client starts its next handshake attempt (never set for the server).
+    let mut connect_at = path.adopted.filter(|_| client).map(|_| Instant::now());
     loop {
         let now = Instant::now();
         if let (Some(addr), Some(at)) = (path.adopted, connect_at) {
-            if plan.role == PunchRole::Client && connecting.is_none() && at <= now {
+            if connecting.is_none() && at <= now {
                 connect_at = None;
                 let timeout = inner.config.connection.handshake_timeout;
                 connecting = Some(Box::pin(inner.dial_from(
@@ -201,7 +203,9 @@ async fn drive(
                     tracing::debug!(peer = %plan.peer, %from, "the peer's probe arrived; adopting its source");
                     path.adopted = Some(from);
                     prober.adopt(from, Instant::now());
-                    connect_at = Some(Instant::now());
+                    if client {
+                        connect_at = Some(Instant::now());
+                    }
                 }
             }
             () = sleep_until(wake) => {}

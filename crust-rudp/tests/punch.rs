@@ -178,7 +178,7 @@ async fn an_impostor_is_never_connected() {
 async fn probes_with_another_nonce_open_nothing() {
     init_tracing();
     let (a, _a_listener, a_addr) = listening().await;
-    let (b, _b_listener, b_addr) = listening().await;
+    let (b, mut b_listener, b_addr) = listening().await;
     let mut a_probes = a.take_probe_receiver().expect("probe receiver");
     let timeout = Duration::from_millis(500);
     let started = Instant::now();
@@ -201,6 +201,31 @@ async fn probes_with_another_nonce_open_nothing() {
     // A's stray probes went where they always go: the general probe receiver.
     let probe = within(a_probes.recv()).await.expect("a probe");
     assert_eq!((probe.from, probe.nonce), (b_addr, 99));
+
+    // The punches are over: their nonces and peers are nobody's any more. A probe with the
+    // nonce A waited for reaches the general receiver...
+    let stranger = tokio::net::UdpSocket::bind(loopback()).await.expect("bind");
+    stranger
+        .send_to(&crust_core::probe::encode_probe(2), a_addr)
+        .await
+        .expect("send");
+    let stranger_addr = stranger.local_addr().expect("addr");
+    loop {
+        let probe = within(a_probes.recv()).await.expect("a probe");
+        if probe.from == stranger_addr {
+            assert_eq!(probe.nonce, 2);
+            break;
+        }
+    }
+    // ...and A's ordinary dial reaches B's listener, not a finished punch.
+    let (dialled, accepted) = within(async {
+        tokio::join!(a.dial(b_addr, Some(b.local_peer_id())), b_listener.accept())
+    })
+    .await;
+    dialled.expect("dial");
+    let accepted = accepted.expect("accept");
+    assert_eq!(accepted.peer_id(), a.local_peer_id());
+    assert_eq!(accepted.info().path, ConnectionPath::Direct);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
