@@ -17,7 +17,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::punch::PunchWaiters;
-use crate::transport::{CLOSE_PROTOCOL_ERROR, Slot, peer_id_of, secure_stream};
+use crate::slot::Slot;
+use crate::transport::{CLOSE_PROTOCOL_ERROR, peer_id_of, secure_stream};
 
 /// The listener of a [`RudpTransport`]: accepts and authenticates incoming connections in a
 /// background task; dropping it stops accepting.
