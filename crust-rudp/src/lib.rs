@@ -105,6 +105,19 @@
 //! open); read errors surface as I/O errors, which `crust-core` reports as
 //! [`Error::ConnectionClosed`](crust_core::Error::ConnectionClosed).
 //!
+//! **Hole punching.** [`Transport::punch_stream`](crust_core::Transport::punch_stream)
+//! punches from the listening socket: both sides send probe datagrams
+//! ([`crust_core::probe`]) that the socket under quinn takes out of QUIC's stream and routes
+//! by nonce to the punch waiting for them; the first probe carrying the peer's nonce tells
+//! the address the peer's packets really come from, the client connects there (peer
+//! pinned), and the server's accept loop hands that connection to the punch instead of the
+//! listener. Behind a symmetric NAT the client opens many sockets instead
+//! ([`PunchStrategy::BirthdayOpen`](crust_core::PunchStrategy::BirthdayOpen)) while the
+//! server probes many ports
+//! ([`PunchStrategy::BirthdayProbe`](crust_core::PunchStrategy::BirthdayProbe)). Punching
+//! needs a listener on the transport's main socket; every attempt is bounded by its
+//! plan's timeout, packet budget and rate.
+//!
 //! ## Testing
 //!
 //! Besides `crust-core`'s conformance kit, the crate's tests run a connection over sockets
@@ -115,7 +128,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
+mod listener;
 mod probe;
+mod punch;
+mod slot;
 mod stream;
 mod transport;
 

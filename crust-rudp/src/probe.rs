@@ -3,29 +3,78 @@
 //! before quinn sees them and handed to a bounded queue; everything else goes to quinn
 //! untouched. The transport hands the queue out through
 //! [`Transport::take_probe_receiver`](crust_core::Transport::take_probe_receiver).
+//!
+//! A hole punch in progress ([`crate::punch`]) registers the nonce its peer's probes carry
+//! ([`ProbeSocket::route`]): probes with that nonce go to the punch instead of the general
+//! queue, everything else goes on as before.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use crust_core::probe::{ProbeDatagram, ProbeReceiver, ProbeSender, decode_probe, probe_channel};
+use crust_core::probe::{
+    ProbeDatagram, ProbeReceiver, ProbeSender, decode_probe, encode_probe, probe_channel,
+};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::sync::mpsc;
+
+/// Probe sources queued for a punch; beyond this they are dropped (the punch needs one).
+const ROUTE_QUEUE: usize = 16;
+
+/// Punches in progress: the nonce their peer's probes carry, and where to send the
+/// probes' sources.
+type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<SocketAddr>>>>;
 
 /// A UDP socket for quinn that takes probe datagrams out of the stream.
 pub(crate) struct ProbeSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     probes: ProbeSender,
+    routes: Routes,
 }
 
 impl ProbeSocket {
     /// Wraps `inner`; probes go to the returned receiver.
     pub(crate) fn wrap(inner: Arc<dyn AsyncUdpSocket>) -> (Arc<ProbeSocket>, ProbeReceiver) {
         let (probes, receiver) = probe_channel();
-        (Arc::new(ProbeSocket { inner, probes }), receiver)
+        let routes = Routes::default();
+        (
+            Arc::new(ProbeSocket {
+                inner,
+                probes,
+                routes,
+            }),
+            receiver,
+        )
+    }
+
+    /// Sends a probe carrying `nonce` to `to` from this very socket (see [`send_probe`]).
+    pub(crate) fn send_probe(&self, to: SocketAddr, nonce: u64) -> io::Result<()> {
+        send_probe(&*self.inner, to, nonce)
+    }
+
+    /// Routes the probes carrying `nonce` to the returned receiver (their source addresses)
+    /// instead of the general queue, until the guard is dropped. Fails if that nonce is
+    /// routed already.
+    pub(crate) fn route(&self, nonce: u64) -> io::Result<(RouteGuard, mpsc::Receiver<SocketAddr>)> {
+        let (tx, rx) = mpsc::channel(ROUTE_QUEUE);
+        let mut routes = lock(&self.routes);
+        if routes.contains_key(&nonce) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a hole punch with this peer nonce is already running",
+            ));
+        }
+        routes.insert(nonce, tx);
+        let guard = RouteGuard {
+            routes: self.routes.clone(),
+            nonce,
+        };
+        Ok((guard, rx))
     }
 
     fn deliver(&self, from: SocketAddr, datagram: &[u8]) {
@@ -33,6 +82,13 @@ impl ProbeSocket {
             ProbeDatagram::Probe(nonce) => Some(nonce),
             _ => None,
         };
+        if let Some(nonce) = nonce {
+            if let Some(route) = lock(&self.routes).get(&nonce) {
+                // Full: the punch has plenty of sources queued already.
+                let _ = route.try_send(from);
+                return;
+            }
+        }
         self.probes.deliver(from, nonce);
     }
     /// Takes the probes out of a batch of `n` received buffers, moving the rest forward.
@@ -61,6 +117,40 @@ impl ProbeSocket {
         }
         kept
     }
+}
+
+/// Removes a punch's route from its [`ProbeSocket`] when dropped.
+#[derive(Debug)]
+pub(crate) struct RouteGuard {
+    routes: Routes,
+    nonce: u64,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        lock(&self.routes).remove(&self.nonce);
+    }
+}
+
+fn lock(routes: &Routes) -> MutexGuard<'_, HashMap<u64, mpsc::Sender<SocketAddr>>> {
+    routes.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends a probe datagram carrying `nonce` to `to` through `socket`, without waiting: a
+/// full socket buffer fails with [`io::ErrorKind::WouldBlock`] (the probe is not sent).
+pub(crate) fn send_probe(
+    socket: &dyn AsyncUdpSocket,
+    to: SocketAddr,
+    nonce: u64,
+) -> io::Result<()> {
+    let contents = encode_probe(nonce);
+    socket.try_send(&Transmit {
+        destination: to,
+        ecn: None,
+        contents: &contents,
+        segment_size: None,
+        src_ip: None,
+    })
 }
 
 impl fmt::Debug for ProbeSocket {

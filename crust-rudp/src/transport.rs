@@ -8,23 +8,26 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use crust_core::wire::{self, MIN_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION};
+use crust_core::punch::PunchPlan;
+use crust_core::wire::{self, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use crust_core::{
-    ConnectionConfig, ConnectionInfo, Direction, Endpoint, Error, Identity, Listener, PeerId,
-    Protocol, Result, SecureStream, Transport, tls,
+    ConnectionConfig, ConnectionInfo, ConnectionPath, Direction, Endpoint, Error, Identity,
+    Listener, PeerId, Protocol, Result, SecureStream, Transport, tls,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::RudpConfig;
+use crate::listener::{RudpListener, accept_loop};
 use crate::probe::ProbeSocket;
+use crate::punch::PunchWaiters;
+use crate::slot::Slot;
 use crate::stream::{DialReader, QuicWriter};
 use crust_core::probe::ProbeReceiver;
 
 /// QUIC application error code sent when the peer's stream-open preamble is unacceptable.
-const CLOSE_PROTOCOL_ERROR: u32 = 1;
+pub(crate) const CLOSE_PROTOCOL_ERROR: u32 = 1;
 
 /// The Crust reliable-UDP transport: QUIC (quinn) with Crust's mutual, key-pinned TLS 1.3.
 ///
@@ -35,9 +38,9 @@ pub struct RudpTransport {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     identity: Identity,
-    config: RudpConfig,
+    pub(crate) config: RudpConfig,
     transport_config: Arc<quinn::TransportConfig>,
     server_config: quinn::ServerConfig,
     /// Client TLS configs, key parsed once.
@@ -49,6 +52,8 @@ struct Inner {
     source_ips: Mutex<HashMap<IpAddr, (IpAddr, Instant)>>,
     /// Probe datagrams that reach the main socket, until someone takes them.
     probes: ProbeSource,
+    /// Hole punches waiting for an incoming connection from their peer.
+    pub(crate) punch_waiters: PunchWaiters,
 }
 
 /// The probe datagrams of a transport's main socket (the one it listens on and dials
@@ -85,87 +90,6 @@ struct Endpoints {
     /// the address family `main` cannot reach.
     client_v4: Option<quinn::Endpoint>,
     client_v6: Option<quinn::Endpoint>,
-}
-
-#[derive(Clone)]
-struct Slot {
-    endpoint: quinn::Endpoint,
-    state: Arc<Mutex<SlotState>>,
-}
-
-#[derive(Default)]
-struct SlotState {
-    listening: bool,
-    /// The transport dials from this endpoint after its listener is gone: keep refusing
-    /// connection attempts (a prompt `CONNECTION_REFUSED`) instead of letting dialers time out.
-    keep_refusing: bool,
-    /// The task refusing connection attempts while nobody listens.
-    refuser: Option<JoinHandle<()>>,
-}
-
-impl Slot {
-    fn new(endpoint: quinn::Endpoint, listening: bool, keep_refusing: bool) -> Self {
-        Slot {
-            endpoint,
-            state: Arc::new(Mutex::new(SlotState {
-                listening,
-                keep_refusing,
-                refuser: None,
-            })),
-        }
-    }
-
-    fn state(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marks the slot as listening; fails if it already is.
-    fn start_listening(&self, server_config: &quinn::ServerConfig) -> Result<()> {
-        let mut state = self.state();
-        if state.listening {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "already listening on this socket",
-            )));
-        }
-        state.listening = true;
-        if let Some(refuser) = state.refuser.take() {
-            refuser.abort();
-        }
-        self.endpoint.set_server_config(Some(server_config.clone()));
-        Ok(())
-    }
-
-    /// Called when the slot's listener is dropped.
-    fn stop_listening(&self) {
-        let mut state = self.state();
-        state.listening = false;
-        let runtime = tokio::runtime::Handle::try_current();
-        match runtime {
-            Ok(runtime) if state.keep_refusing => {
-                let endpoint = self.endpoint.clone();
-                state.refuser = Some(runtime.spawn(async move {
-                    while let Some(incoming) = endpoint.accept().await {
-                        tracing::debug!(remote = %incoming.remote_address(), "not listening; refusing connection");
-                        incoming.refuse();
-                    }
-                }));
-            }
-            _ => self.endpoint.set_server_config(None),
-        }
-    }
-
-    /// Called when the transport is dropped: stop refusing, so the endpoint can go away.
-    fn retire(&self) {
-        let mut state = self.state();
-        state.keep_refusing = false;
-        if let Some(refuser) = state.refuser.take() {
-            refuser.abort();
-        }
-        if !state.listening {
-            self.endpoint.set_server_config(None);
-        }
-    }
 }
 
 impl RudpTransport {
@@ -302,6 +226,7 @@ impl Inner {
             endpoints: Mutex::new(Endpoints::default()),
             source_ips: Mutex::new(HashMap::new()),
             probes: ProbeSource::default(),
+            punch_waiters: PunchWaiters::default(),
         })
     }
 
@@ -336,21 +261,34 @@ impl Inner {
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
         let is_main = endpoints.main.is_none();
         let socket = runtime.wrap_udp_socket(socket)?;
-        let endpoint = if is_main {
-            // The main socket is the one peers observe: probes to it tell how a NAT filters.
+        let (endpoint, probe_socket) = if is_main {
+            // The main socket is the one peers observe: probes to it tell how a NAT filters,
+            // and hole punches send theirs from it.
             let (socket, probes) = ProbeSocket::wrap(socket);
             self.probes.offer(probes);
-            new_endpoint(socket)?
+            (new_endpoint(socket.clone())?, Some(socket))
         } else {
-            new_endpoint(socket)?
+            (new_endpoint(socket)?, None)
         };
         endpoint.set_server_config(Some(self.server_config.clone()));
-        let slot = Slot::new(endpoint, true, is_main);
+        let mut slot = Slot::new(endpoint, true, is_main);
+        slot.probe_socket = probe_socket;
         if is_main {
             // From now on we dial from the port we listen on.
             endpoints.main = Some(slot.clone());
         }
         Ok(slot)
+    }
+
+    /// The main endpoint and its probe-aware socket, if `listen` bound it and a listener is
+    /// accepting on it (a punched connection may come in through the accept loop).
+    pub(crate) fn punch_socket(&self) -> Option<(quinn::Endpoint, Arc<ProbeSocket>)> {
+        let endpoints = self.endpoints();
+        let main = endpoints.main.as_ref()?;
+        let socket = main.probe_socket.clone()?;
+        main.state()
+            .listening
+            .then(|| (main.endpoint.clone(), socket))
     }
 
     /// The endpoint to dial `addr` from: the main one if it can reach `addr` (address family,
@@ -441,8 +379,22 @@ impl Inner {
 
     async fn dial(&self, addr: SocketAddr, expected: Option<PeerId>) -> Result<SecureStream> {
         let endpoint = self.dial_endpoint(addr)?;
-        let (client, verifier) = self.client_config(expected)?;
         let timeout = self.config.connection.handshake_timeout;
+        self.dial_from(&endpoint, addr, expected, ConnectionPath::Direct, timeout)
+            .await
+    }
+
+    /// Dials `addr` from `endpoint` (QUIC handshake, then the stream and our preamble),
+    /// within `timeout`. The stream reports `path`.
+    pub(crate) async fn dial_from(
+        &self,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+        path: ConnectionPath,
+        timeout: Duration,
+    ) -> Result<SecureStream> {
+        let (client, verifier) = self.client_config(expected)?;
         let linger = self.config.connection.handshake_timeout;
         let handshake = async {
             let connecting = endpoint
@@ -470,7 +422,7 @@ impl Inner {
                 .map_err(|e| Error::Handshake(format!("sending the preamble: {e}")))?;
             // The acceptor's preamble is not waited for: it is checked as the first 8 bytes
             // read from the stream (see the crate docs), saving a round trip.
-            let local_addr = self.outbound_local_addr(&endpoint, addr)?;
+            let local_addr = self.outbound_local_addr(endpoint, addr)?;
             let reader = DialReader::new(recv, conn.clone(), CLOSE_PROTOCOL_ERROR);
             Ok(secure_stream(
                 conn,
@@ -478,13 +430,13 @@ impl Inner {
                 reader,
                 peer_id,
                 local_addr,
-                Direction::Outbound,
+                (Direction::Outbound, path),
                 linger,
             ))
         };
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(stream)) => {
-                tracing::debug!(peer = %stream.info.peer_id, remote = %addr, "dialled");
+                tracing::debug!(peer = %stream.info.peer_id, remote = %addr, %path, "dialled");
                 Ok(stream)
             }
             Ok(Err(e)) => {
@@ -524,6 +476,7 @@ impl Transport for RudpTransport {
         let (tx, rx) = mpsc::channel(capacity);
         let task = tokio::spawn(accept_loop(
             slot.endpoint.clone(),
+            self.inner.punch_waiters.clone(),
             local,
             tx,
             Arc::new(Semaphore::new(capacity)),
@@ -546,155 +499,14 @@ impl Transport for RudpTransport {
     ) -> Result<SecureStream> {
         self.inner.dial(addr, expected).await
     }
-}
 
-/// The listener of a [`RudpTransport`]: accepts and authenticates incoming connections in a
-/// background task; dropping it stops accepting.
-struct RudpListener {
-    local: Endpoint,
-    config: ConnectionConfig,
-    incoming: mpsc::Receiver<SecureStream>,
-    task: JoinHandle<()>,
-    slot: Slot,
-}
-
-impl fmt::Debug for RudpListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RudpListener")
-            .field("local", &self.local)
-            .finish_non_exhaustive()
+    async fn punch_stream(&self, plan: PunchPlan) -> Result<SecureStream> {
+        crate::punch::punch(&self.inner, plan).await
     }
-}
-
-impl Drop for RudpListener {
-    fn drop(&mut self) {
-        // Refuse new connection attempts; the endpoint keeps serving dials and the
-        // connections already accepted.
-        self.task.abort();
-        self.slot.stop_listening();
-    }
-}
-
-#[async_trait]
-impl Listener for RudpListener {
-    fn local_endpoint(&self) -> Endpoint {
-        self.local
-    }
-
-    fn connection_config(&self) -> &ConnectionConfig {
-        &self.config
-    }
-
-    async fn accept_stream(&mut self) -> Result<SecureStream> {
-        self.incoming.recv().await.ok_or_else(|| {
-            Error::Io(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the QUIC endpoint stopped accepting connections",
-            ))
-        })
-    }
-}
-
-/// Accepts connection attempts, running at most `handshakes.available_permits()` handshakes
-/// at once, and delivers authenticated streams to `tx`. Handshake tasks live in a `JoinSet`
-/// owned by this task, so aborting it (dropping the listener) aborts them too.
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    local: SocketAddr,
-    tx: mpsc::Sender<SecureStream>,
-    handshakes: Arc<Semaphore>,
-    timeout: Duration,
-) {
-    let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = handshakes.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = tx.closed() => break,
-        };
-        let incoming = loop {
-            tokio::select! {
-                biased;
-                Some(_) = tasks.join_next() => {}
-                _ = tx.closed() => break None,
-                incoming = endpoint.accept() => break incoming,
-            }
-        };
-        let Some(incoming) = incoming else {
-            break;
-        };
-        let tx = tx.clone();
-        tasks.spawn(async move {
-            let remote = incoming.remote_address();
-            match tokio::time::timeout(timeout, accept_one(incoming, local, timeout)).await {
-                Ok(Ok(stream)) => {
-                    tracing::debug!(peer = %stream.info.peer_id, %remote, "accepted");
-                    if tx.send(stream).await.is_err() {
-                        tracing::debug!(%remote, "listener gone; dropping accepted connection");
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::info!(%remote, error = %e, "incoming handshake failed");
-                }
-                Err(_) => {
-                    tracing::info!(%remote, ?timeout, "incoming handshake timed out");
-                }
-            }
-            drop(permit);
-        });
-    }
-    tracing::debug!(%local, "accept loop finished");
-    tasks.shutdown().await;
-}
-
-async fn accept_one(
-    incoming: quinn::Incoming,
-    local: SocketAddr,
-    linger: Duration,
-) -> Result<SecureStream> {
-    let conn = incoming
-        .await
-        .map_err(|e| Error::Handshake(e.to_string()))?;
-    let peer_id = peer_id_of(&conn)?;
-    let (mut send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| Error::Handshake(format!("waiting for the stream: {e}")))?;
-    read_preamble(&conn, &mut recv).await?;
-    send.write_all(&wire::preamble(PROTOCOL_VERSION, MIN_PROTOCOL_VERSION))
-        .await
-        .map_err(|e| Error::Handshake(format!("sending the preamble: {e}")))?;
-    let local_addr = SocketAddr::new(conn.local_ip().unwrap_or(local.ip()), local.port());
-    Ok(secure_stream(
-        conn,
-        send,
-        recv,
-        peer_id,
-        local_addr,
-        Direction::Inbound,
-        linger,
-    ))
-}
-
-/// Reads and checks the peer's 8-byte preamble at the start of the stream.
-async fn read_preamble(conn: &quinn::Connection, recv: &mut quinn::RecvStream) -> Result<u16> {
-    let mut theirs = [0u8; PREAMBLE_LEN];
-    match recv.read_exact(&mut theirs).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(Error::NotCrust),
-        Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(Error::Handshake(format!("reading the preamble: {e}")));
-        }
-    }
-    wire::negotiate_version(&theirs, PROTOCOL_VERSION, MIN_PROTOCOL_VERSION).inspect_err(|_| {
-        conn.close(CLOSE_PROTOCOL_ERROR.into(), b"bad preamble");
-    })
 }
 
 /// The authenticated `PeerId` of an established connection.
-fn peer_id_of(conn: &quinn::Connection) -> Result<PeerId> {
+pub(crate) fn peer_id_of(conn: &quinn::Connection) -> Result<PeerId> {
     let identity = conn
         .peer_identity()
         .ok_or_else(|| Error::Handshake("peer presented no certificate".into()))?;
@@ -706,7 +518,7 @@ fn peer_id_of(conn: &quinn::Connection) -> Result<PeerId> {
 
 /// A non-blocking UDP socket bound to `addr`. IPv6 sockets are IPv6-only, so IPv4 and IPv6
 /// listeners can use the same port number side by side.
-fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+pub(crate) fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -745,13 +557,13 @@ fn quic_client_config(
     Ok(client)
 }
 
-fn secure_stream(
+pub(crate) fn secure_stream(
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: impl tokio::io::AsyncRead + Send + Sync + Unpin + 'static,
     peer_id: PeerId,
     local_addr: SocketAddr,
-    direction: Direction,
+    (direction, path): (Direction, ConnectionPath),
     linger: Duration,
 ) -> SecureStream {
     SecureStream {
@@ -761,7 +573,7 @@ fn secure_stream(
             remote_addr: conn.remote_address(),
             protocol: Protocol::Rudp,
             direction,
-            path: crust_core::ConnectionPath::Direct,
+            path,
         },
         reader: Box::new(recv),
         writer: Box::new(QuicWriter::new(send, linger)),
@@ -769,7 +581,7 @@ fn secure_stream(
     }
 }
 
-fn new_endpoint(socket: Arc<dyn quinn::AsyncUdpSocket>) -> Result<quinn::Endpoint> {
+pub(crate) fn new_endpoint(socket: Arc<dyn quinn::AsyncUdpSocket>) -> Result<quinn::Endpoint> {
     Ok(quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         None,
