@@ -109,7 +109,15 @@ pub(crate) async fn punch(inner: &Inner, plan: PunchPlan) -> Result<SecureStream
             PunchRole::Client => None,
         };
         let (_waiter, incoming) = waiter.unzip();
-        let prober = Prober::new(pacer, plan.interval, plan.candidates.clone(), search, now);
+        // Ready for the peer's probes and connection from now on; our first probes wait
+        // for the planned start (a probe of the peer that arrives first is answered at once).
+        let prober = Prober::new(
+            pacer,
+            plan.interval,
+            plan.candidates.clone(),
+            search,
+            now + plan.start_delay,
+        );
         let nonce = plan.local_nonce;
         let send = |to| socket.send_probe(to, nonce);
         let path = Path {
@@ -282,6 +290,8 @@ async fn birthday_open(
         .flat_map(|i| candidates.iter().map(move |c| (i, *c)))
         .collect();
     let interval = plan.interval.max(BIRTHDAY_RESEND);
+    // Nobody knows these sockets yet: nothing can arrive before the planned start.
+    tokio::time::sleep(plan.start_delay).await;
     let mut prober = Prober::new(pacer, interval, round, None, Instant::now());
 
     let mut listening = JoinSet::new();
