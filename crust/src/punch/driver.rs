@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crust_core::punch::PunchPlan;
-use crust_core::{Endpoint, PeerId};
+use crust_core::{Connection, ConnectionPath, Endpoint, PeerId, Protocol};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
@@ -315,6 +318,13 @@ impl Node {
         if origin == self.peer_id() {
             return;
         }
+        if !self
+            .punch_state()
+            .limits
+            .admit_offer(coordinator, Instant::now())
+        {
+            return decline(RefuseReason::TargetBusy);
+        }
         if self.registry().contains(origin) {
             return decline(RefuseReason::AlreadyConnected);
         }
@@ -367,6 +377,7 @@ impl Node {
                     (ours.nonce, theirs.nonce),
                     classes,
                     Duration::ZERO,
+                    &[],
                 )
                 .await
             {
@@ -502,6 +513,13 @@ impl Node {
         self.send_punch(coordinator, &PunchMessage::Sync { id, target });
         // The go reaches the peer about half a round trip from now: start together (the
         // transports take what the peer sends before that).
+        // Endpoints a gateway maps for the peer need no punch: dialled beside the punches.
+        let mapped: Vec<Endpoint> = theirs
+            .candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Mapped)
+            .map(|c| c.endpoint)
+            .collect();
         let outcome = self
             .run_attempts(
                 target,
@@ -509,6 +527,7 @@ impl Node {
                 (ours.nonce, theirs.nonce),
                 (ours.nat.class, theirs.nat.class),
                 round_trip / 2,
+                &mapped,
             )
             .await;
         drop(slot);
@@ -524,8 +543,28 @@ impl Node {
         nonces: (u64, u64),
         classes: (NatClass, NatClass),
         start_delay: Duration,
+        mapped: &[Endpoint],
     ) -> Result<PeerId, PunchFailure> {
-        let mut punches = FuturesUnordered::new();
+        type Outcome = (Protocol, crust_core::Result<Connection>);
+        let mut punches: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send>>> =
+            FuturesUnordered::new();
+        for endpoint in mapped {
+            let Some(transport) = self.transport_for(endpoint.protocol()) else {
+                continue;
+            };
+            let (protocol, addr) = (endpoint.protocol(), endpoint.addr());
+            tracing::debug!(%peer, %endpoint, "dialling a mapped endpoint");
+            punches.push(Box::pin(async move {
+                let outcome = transport
+                    .dial_stream(addr, Some(peer))
+                    .await
+                    .map(|mut stream| {
+                        stream.info.path = ConnectionPath::Mapped;
+                        Connection::new(stream, transport.connection_config())
+                    });
+                (protocol, outcome)
+            }));
+        }
         for attempt in plan {
             let Some(transport) = self.transport_for(attempt.protocol) else {
                 continue;
@@ -540,7 +579,9 @@ impl Node {
             .with_start_delay(start_delay)
             .with_timeout(PUNCH_TIMEOUT + start_delay);
             tracing::debug!(%peer, protocol = %attempt.protocol, role = ?attempt.role, strategy = ?attempt.strategy, candidates = ?attempt.candidates, "punching");
-            punches.push(async move { (attempt.protocol, transport.punch(punch_plan).await) });
+            punches.push(Box::pin(async move {
+                (attempt.protocol, transport.punch(punch_plan).await)
+            }));
         }
         if punches.is_empty() {
             return Err(PunchFailure::NoMethod {

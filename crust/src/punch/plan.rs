@@ -22,6 +22,9 @@ pub(crate) const MAX_ATTEMPTS_PER_PEER: usize = 6;
 pub(crate) const ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
 /// Punches one node runs at once.
 pub(crate) const MAX_CONCURRENT_PUNCHES: usize = 8;
+/// Offers one node accepts from one coordinator per [`ATTEMPT_WINDOW`] (whatever origins
+/// it names), so a hostile coordinator cannot keep us punching at addresses of its choice.
+pub(crate) const MAX_OFFERS_PER_COORDINATOR: usize = 10;
 
 /// One punch to run: a protocol, our role, the strategy and where to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,21 +157,37 @@ pub(crate) fn attempts(
 #[derive(Debug, Default)]
 pub(crate) struct PunchLimits {
     recent: HashMap<PeerId, VecDeque<Instant>>,
+    offers: HashMap<PeerId, VecDeque<Instant>>,
     active: usize,
 }
 
+/// Forgets times older than the window; true when `times` is now empty.
+fn forget_old(times: &mut VecDeque<Instant>, now: Instant) -> bool {
+    while times
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= ATTEMPT_WINDOW)
+    {
+        times.pop_front();
+    }
+    times.is_empty()
+}
+
 impl PunchLimits {
+    /// Counts an offer `coordinator` relays to us, or says no (beyond
+    /// [`MAX_OFFERS_PER_COORDINATOR`] per window).
+    pub(crate) fn admit_offer(&mut self, coordinator: PeerId, now: Instant) -> bool {
+        self.offers.retain(|_, times| !forget_old(times, now));
+        let times = self.offers.entry(coordinator).or_default();
+        if times.len() >= MAX_OFFERS_PER_COORDINATOR {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+
     /// Takes a slot for a punch with `peer`, or says no.
     pub(crate) fn admit(&mut self, peer: PeerId, now: Instant) -> bool {
-        self.recent.retain(|_, times| {
-            while times
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= ATTEMPT_WINDOW)
-            {
-                times.pop_front();
-            }
-            !times.is_empty()
-        });
+        self.recent.retain(|_, times| !forget_old(times, now));
         let recent = self.recent.get(&peer).map_or(0, VecDeque::len);
         if recent >= MAX_ATTEMPTS_PER_PEER || self.active >= MAX_CONCURRENT_PUNCHES {
             return false;
@@ -319,5 +338,21 @@ mod tests {
         assert!(!limits.admit(PeerId::from_bytes([99; 32]), now), "at once");
         limits.release();
         assert!(limits.admit(PeerId::from_bytes([99; 32]), now));
+    }
+
+    #[test]
+    fn offers_from_one_coordinator_are_bounded_whatever_origins_it_names() {
+        let now = Instant::now();
+        let mut limits = PunchLimits::default();
+        let coordinator = PeerId::from_bytes([7; 32]);
+        for _ in 0..MAX_OFFERS_PER_COORDINATOR {
+            assert!(limits.admit_offer(coordinator, now));
+        }
+        assert!(!limits.admit_offer(coordinator, now));
+        assert!(
+            limits.admit_offer(PeerId::from_bytes([8; 32]), now),
+            "others still"
+        );
+        assert!(limits.admit_offer(coordinator, now + ATTEMPT_WINDOW));
     }
 }
