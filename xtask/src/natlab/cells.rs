@@ -141,9 +141,13 @@ impl Cell {
                 NatType::PortRestricted,
                 PunchProtocol::Tcp,
             ),
+            // Symmetric against address-restricted: the birthday sockets and probes run,
+            // yet the outcome is certain (the cone's probes open its filter to the whole
+            // address), so a 5-trial CI run cannot fail by chance; the probabilistic search
+            // against port-restricted runs in the full matrix.
             Cell::Punch(
                 NatType::Symmetric,
-                NatType::PortRestricted,
+                NatType::AddressRestricted,
                 PunchProtocol::Udp,
             ),
             Cell::Punch(NatType::Symmetric, NatType::Symmetric, PunchProtocol::Udp),

@@ -60,8 +60,9 @@ use crate::Xtask;
 /// Arguments of `cargo xtask natlab`.
 #[derive(Debug, Default, Args)]
 pub(crate) struct NatlabArgs {
-    /// Run a few cells only (what CI runs): observations behind port-restricted and
-    /// symmetric NAT, full-cone filtering, same-NAT peers, a public host dialled directly.
+    /// Run a few cells only (what CI runs): observations behind every NAT type, full-cone
+    /// filtering, same-NAT peers, hole punches (cone, TCP, birthday, symmetric pair), a
+    /// public host dialled directly, crust-peer's own port mapping, IPv6.
     #[arg(long)]
     pub(crate) quick: bool,
     /// Leave the lab up afterwards (without its nodes) and print how to use it; remove it
