@@ -56,8 +56,8 @@ pub(crate) struct PunchState {
     limits: PunchLimits,
     /// Our requests waiting for the coordinator's reply, by id.
     outgoing: HashMap<u64, Outgoing>,
-    /// Offers we answered, waiting for the go, by (initiator, id).
-    awaiting_go: HashMap<(PeerId, u64), oneshot::Sender<()>>,
+    /// Offers we answered, waiting for the go from their coordinator, by (initiator, id).
+    awaiting_go: HashMap<(PeerId, u64), (PeerId, oneshot::Sender<()>)>,
     /// Punches running per peer (either side).
     active: HashMap<PeerId, usize>,
 }
@@ -277,10 +277,17 @@ impl Node {
                 info,
             } => self.on_offer(peer, conn, id, origin, observed, info),
             PunchMessage::Go { id, origin } => {
-                if let Some(go) = self.punch_state().awaiting_go.remove(&(origin, id)) {
-                    let _ = go.send(());
+                // Only the coordinator that relayed the offer may say go.
+                let mut state = self.punch_state();
+                if state
+                    .awaiting_go
+                    .get(&(origin, id))
+                    .is_some_and(|(coordinator, _)| *coordinator == peer)
+                {
+                    if let Some((_, go)) = state.awaiting_go.remove(&(origin, id)) {
+                        let _ = go.send(());
+                    }
                 }
-                let _ = peer;
             }
         }
     }
@@ -346,7 +353,9 @@ impl Node {
             return decline(RefuseReason::TargetBusy);
         };
         let (go_tx, go_rx) = oneshot::channel();
-        self.punch_state().awaiting_go.insert((origin, id), go_tx);
+        self.punch_state()
+            .awaiting_go
+            .insert((origin, id), (coordinator, go_tx));
         conn.sender.try_send_frame(
             PUNCH_FRAME,
             PunchMessage::Answer {
