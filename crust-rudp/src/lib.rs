@@ -131,6 +131,7 @@ mod config;
 mod listener;
 mod probe;
 mod punch;
+mod reset;
 mod slot;
 mod stream;
 mod transport;

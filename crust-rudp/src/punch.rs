@@ -331,7 +331,7 @@ async fn birthday_open(
     let socket = runtime.wrap_udp_socket(socket)?;
     // Client-only (no server config); the connection keeps the endpoint's driver alive
     // after this function drops the handle.
-    let endpoint = new_endpoint(socket.clone())?;
+    let endpoint = new_endpoint(socket.clone(), &inner.endpoint_config)?;
     let mut prober = Prober::new(
         prober.into_pacer(),
         plan.interval,

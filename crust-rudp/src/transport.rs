@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     probes: ProbeSource,
     /// Hole punches waiting for an incoming connection from their peer.
     pub(crate) punch_waiters: PunchWaiters,
+    /// The configuration of every QUIC endpoint: stateless-reset key from the identity.
+    pub(crate) endpoint_config: quinn::EndpointConfig,
 }
 
 /// The probe datagrams of a transport's main socket (the one it listens on and dials
@@ -136,7 +138,7 @@ impl RudpTransport {
     ) -> Result<Self> {
         ensure_runtime()?;
         let inner = Inner::new(identity, config)?;
-        let endpoint = new_endpoint(socket)?;
+        let endpoint = new_endpoint(socket, &inner.endpoint_config)?;
         {
             let mut endpoints = inner.endpoints();
             endpoints.main = Some(Slot::new(endpoint, false, true));
@@ -217,6 +219,7 @@ impl Inner {
             quic_client_config(client_configs.for_dial(None).0, transport_config.clone())?;
 
         Ok(Inner {
+            endpoint_config: crate::reset::endpoint_config(&identity),
             identity,
             config,
             transport_config,
@@ -266,9 +269,12 @@ impl Inner {
             // and hole punches send theirs from it.
             let (socket, probes) = ProbeSocket::wrap(socket);
             self.probes.offer(probes);
-            (new_endpoint(socket.clone())?, Some(socket))
+            (
+                new_endpoint(socket.clone(), &self.endpoint_config)?,
+                Some(socket),
+            )
         } else {
-            (new_endpoint(socket)?, None)
+            (new_endpoint(socket, &self.endpoint_config)?, None)
         };
         endpoint.set_server_config(Some(self.server_config.clone()));
         let mut slot = Slot::new(endpoint, true, is_main);
@@ -322,7 +328,7 @@ impl Inner {
         let socket = std::net::UdpSocket::bind(bind)?;
         socket.set_nonblocking(true)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        let endpoint = new_endpoint(runtime.wrap_udp_socket(socket)?)?;
+        let endpoint = new_endpoint(runtime.wrap_udp_socket(socket)?, &self.endpoint_config)?;
         tracing::debug!(local = ?endpoint.local_addr().ok(), "bound client endpoint for dialling");
         *slot = Some(endpoint.clone());
         Ok(endpoint)
@@ -581,9 +587,12 @@ pub(crate) fn secure_stream(
     }
 }
 
-pub(crate) fn new_endpoint(socket: Arc<dyn quinn::AsyncUdpSocket>) -> Result<quinn::Endpoint> {
+pub(crate) fn new_endpoint(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    config: &quinn::EndpointConfig,
+) -> Result<quinn::Endpoint> {
     Ok(quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        config.clone(),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),
