@@ -14,6 +14,10 @@
 //!   mallory afterwards in both directions.
 //! - dave and frank are given no endpoint at all: their LAN beacons (UDP broadcast on a
 //!   shared port) find each other, they connect and dave greets frank.
+//! - grace and heidi know only alice. grace connects to heidi by `PeerId` alone: alice
+//!   introduces them and they open a direct connection by hole punching (what crosses
+//!   home routers; on loopback there is no NAT to cross, but every step runs), and grace
+//!   greets heidi.
 //!
 //! Everything is driven by events and every wait is bounded, so the demo never hangs. It
 //! prints a summary table and exits with 0 only if every check passed. `RUST_LOG=debug`
@@ -213,6 +217,9 @@ async fn run() -> Result<bool, Error> {
     flood(&mut demo).await;
     if let Err(e) = lan_discovery(&mut demo).await {
         demo.check(format!("LAN discovery: {e}"), false);
+    }
+    if let Err(e) = introduced(&mut demo).await {
+        demo.check(format!("hole punch: {e}"), false);
     }
 
     demo.drain();
@@ -505,6 +512,62 @@ async fn lan_discovery(demo: &mut Demo) -> Result<(), Error> {
     demo.check("frank hears dave's greeting", sent && heard);
     dave.shutdown().await;
     frank.shutdown().await;
+    Ok(())
+}
+
+/// grace and heidi know only alice; grace connects to heidi by `PeerId`, alice introduces
+/// them, and they punch a direct connection.
+async fn introduced(demo: &mut Demo) -> Result<(), Error> {
+    println!("\n== introduced by a common peer: grace and heidi know only alice");
+    let (grace, _grace_events) = Service::new(ServiceConfig::loopback())?;
+    let (heidi, mut heidi_events) = Service::new(ServiceConfig::loopback())?;
+    let alice = demo.nodes[ALICE].clone();
+    for node in [&grace, &heidi] {
+        node.start_listening().await?;
+        node.connect(&alice.our_endpoints(), Some(alice.peer_id()))
+            .await?;
+    }
+    let (grace_id, heidi_id) = (grace.peer_id(), heidi.peer_id());
+    // alice can introduce them once she has registered both.
+    demo.wait_until("alice to register grace and heidi", |d| {
+        let seen = &d.seen[ALICE].new_peers;
+        seen.contains_key(&grace_id) && seen.contains_key(&heidi_id)
+    })
+    .await;
+    let started = Instant::now();
+    let connected = grace.connect_peer(heidi_id).await;
+    let path = grace.peer_info(heidi_id).map(|info| info.connection.path);
+    if let (Ok(_), Some(path)) = (&connected, path) {
+        println!(
+            "  grace reached heidi by {path} in {} ms (no address given)",
+            started.elapsed().as_millis()
+        );
+    }
+    let punched = matches!(
+        path,
+        Some(crust::ConnectionPath::PunchedTcp | crust::ConnectionPath::PunchedUdp)
+    );
+    demo.check(
+        "grace reaches heidi by PeerId through a hole punch",
+        connected.is_ok() && punched,
+    );
+    let sent = grace
+        .send(heidi_id, "hello through the hole".into())
+        .await
+        .is_ok();
+    let heard = tokio::time::timeout(TIMEOUT, async {
+        while let Some(event) = heidi_events.recv().await {
+            if let Event::Message { peer, payload } = event {
+                return peer == grace_id && payload == "hello through the hole";
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    demo.check("heidi hears grace's greeting", sent && heard);
+    grace.shutdown().await;
+    heidi.shutdown().await;
     Ok(())
 }
 
