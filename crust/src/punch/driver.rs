@@ -7,11 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crust_core::punch::PunchPlan;
-use crust_core::{Connection, ConnectionPath, Endpoint, PeerId, Protocol};
+use crust_core::{Connection, ConnectionPath, Endpoint, PeerId};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::oneshot;
 
@@ -32,6 +29,8 @@ pub(crate) const COORDINATION_TIMEOUT: Duration = Duration::from_secs(3);
 const GO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the punches themselves run.
 pub(crate) const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dial to one of the peer's mapped endpoints may take before we punch instead.
+const MAPPED_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connected peers asked in turn to introduce us, at most.
 const MAX_COORDINATORS: usize = 4;
 
@@ -386,7 +385,6 @@ impl Node {
                     (ours.nonce, theirs.nonce),
                     classes,
                     Duration::ZERO,
-                    &[],
                 )
                 .await
             {
@@ -519,16 +517,20 @@ impl Node {
                 theirs: hopeless.theirs.name(),
             }
         })?;
-        self.send_punch(coordinator, &PunchMessage::Sync { id, target });
-        // The go reaches the peer about half a round trip from now: start together (the
-        // transports take what the peer sends before that).
-        // Endpoints a gateway maps for the peer need no punch: dialled beside the punches.
+        // Endpoints a gateway maps for the peer need no punch: dialled first, and the peer
+        // is told to punch only if none answers (it waits for the go meanwhile).
         let mapped: Vec<Endpoint> = theirs
             .candidates
             .iter()
             .filter(|c| c.kind == CandidateKind::Mapped)
             .map(|c| c.endpoint)
             .collect();
+        if let Some(peer) = self.dial_mapped(target, &mapped).await {
+            return Ok(peer);
+        }
+        self.send_punch(coordinator, &PunchMessage::Sync { id, target });
+        // The go reaches the peer about half a round trip from now: start together (the
+        // transports take what the peer sends before that).
         let outcome = self
             .run_attempts(
                 target,
@@ -536,11 +538,52 @@ impl Node {
                 (ours.nonce, theirs.nonce),
                 (ours.nat.class, theirs.nat.class),
                 round_trip / 2,
-                &mapped,
             )
             .await;
         drop(slot);
         outcome
+    }
+
+    /// Dials the peer's mapped endpoints (all at once, each for at most
+    /// [`MAPPED_DIAL_TIMEOUT`]); the first that answers is registered with the path
+    /// `mapped`.
+    async fn dial_mapped(self: &Arc<Self>, peer: PeerId, mapped: &[Endpoint]) -> Option<PeerId> {
+        let mut dials = FuturesUnordered::new();
+        for endpoint in mapped {
+            let Some(transport) = self.transport_for(endpoint.protocol()) else {
+                continue;
+            };
+            let endpoint = *endpoint;
+            tracing::debug!(%peer, %endpoint, "dialling a mapped endpoint before punching");
+            dials.push(async move {
+                let dial = transport.dial_stream(endpoint.addr(), Some(peer));
+                let outcome = tokio::time::timeout(MAPPED_DIAL_TIMEOUT, dial).await;
+                (
+                    endpoint,
+                    outcome.map(|r| {
+                        r.map(|mut stream| {
+                            stream.info.path = ConnectionPath::Mapped;
+                            Connection::new(stream, transport.connection_config())
+                        })
+                    }),
+                )
+            });
+        }
+        while let Some((endpoint, outcome)) = dials.next().await {
+            match outcome {
+                Ok(Ok(conn)) => match self.register(conn, Cause::Application).await {
+                    Ok(peer) => return Some(peer),
+                    Err(e) => {
+                        tracing::debug!(%endpoint, error = %e, "mapped connection not registered")
+                    }
+                },
+                Ok(Err(e)) => {
+                    tracing::debug!(%endpoint, error = %e, "mapped endpoint did not answer")
+                }
+                Err(_) => tracing::debug!(%endpoint, "mapped endpoint did not answer in time"),
+            }
+        }
+        self.registry().contains(peer).then_some(peer)
     }
 
     /// Runs the punches of a plan side by side; the first connection wins and is
@@ -552,28 +595,8 @@ impl Node {
         nonces: (u64, u64),
         classes: (NatClass, NatClass),
         start_delay: Duration,
-        mapped: &[Endpoint],
     ) -> Result<PeerId, PunchFailure> {
-        type Outcome = (Protocol, crust_core::Result<Connection>);
-        let mut punches: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send>>> =
-            FuturesUnordered::new();
-        for endpoint in mapped {
-            let Some(transport) = self.transport_for(endpoint.protocol()) else {
-                continue;
-            };
-            let (protocol, addr) = (endpoint.protocol(), endpoint.addr());
-            tracing::debug!(%peer, %endpoint, "dialling a mapped endpoint");
-            punches.push(Box::pin(async move {
-                let outcome = transport
-                    .dial_stream(addr, Some(peer))
-                    .await
-                    .map(|mut stream| {
-                        stream.info.path = ConnectionPath::Mapped;
-                        Connection::new(stream, transport.connection_config())
-                    });
-                (protocol, outcome)
-            }));
-        }
+        let mut punches = FuturesUnordered::new();
         for attempt in plan {
             let Some(transport) = self.transport_for(attempt.protocol) else {
                 continue;
@@ -588,9 +611,7 @@ impl Node {
             .with_start_delay(start_delay)
             .with_timeout(PUNCH_TIMEOUT + start_delay);
             tracing::debug!(%peer, protocol = %attempt.protocol, role = ?attempt.role, strategy = ?attempt.strategy, candidates = ?attempt.candidates, "punching");
-            punches.push(Box::pin(async move {
-                (attempt.protocol, transport.punch(punch_plan).await)
-            }));
+            punches.push(async move { (attempt.protocol, transport.punch(punch_plan).await) });
         }
         if punches.is_empty() {
             return Err(PunchFailure::NoMethod {

@@ -64,6 +64,9 @@ pub(crate) enum Cell {
     /// `a1` behind `r1` (first type) connects to `b1` behind `r2` (second type) by `PeerId`
     /// alone: a hole punch introduced by `pub`, over one protocol, many trials.
     Punch(NatType, NatType, PunchProtocol),
+    /// `a1` maps its ports through miniupnpd on `r1`; `b1` connects to it by `PeerId` and
+    /// must use the mapped endpoints the coordination hands over (path `mapped`).
+    PunchMapped,
     /// `a1` and `a2` behind the same `r1` connect over their LAN endpoints.
     SameNat(NatType),
     /// `pub` dials a host behind a router without NAT.
@@ -91,6 +94,7 @@ impl Cell {
             Cell::Filter(t) => format!("filter/{t}"),
             Cell::Pair(a, b) => format!("pair/{a}->{b}"),
             Cell::Punch(a, b, p) => format!("punch/{}/{a}->{b}", p.name()),
+            Cell::PunchMapped => "punch/mapped".to_owned(),
             Cell::SameNat(t) => format!("same-nat/{t}"),
             Cell::DirectNone => "direct/none".to_owned(),
             Cell::Upnp => "upnp/port-restricted".to_owned(),
@@ -113,6 +117,7 @@ impl Cell {
                 cells.extend(NatType::BEHIND.iter().map(|b| Cell::Punch(a, *b, protocol)));
             }
         }
+        cells.push(Cell::PunchMapped);
         cells.push(Cell::DirectNone);
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
@@ -151,6 +156,7 @@ impl Cell {
                 PunchProtocol::Udp,
             ),
             Cell::Punch(NatType::Symmetric, NatType::Symmetric, PunchProtocol::Udp),
+            Cell::PunchMapped,
             Cell::DirectNone,
             Cell::UpnpCrust,
             Cell::Ipv6Firewall,
@@ -222,6 +228,7 @@ impl Ctx<'_> {
             Cell::Filter(t) => self.filter(&name, t),
             Cell::Pair(a, b) => self.pair(&name, a, b),
             Cell::Punch(a, b, p) => self.punch(&name, a, b, p),
+            Cell::PunchMapped => self.punch_mapped(&name),
             Cell::SameNat(t) => self.same_nat(&name, t),
             Cell::DirectNone => self.direct_none(&name),
             Cell::Upnp => self.upnp(&name),
@@ -588,7 +595,7 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 1 + 2 + 1);
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 1 + 1 + 2 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));

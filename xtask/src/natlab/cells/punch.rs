@@ -243,3 +243,91 @@ impl Ctx<'_> {
         Ok(trial)
     }
 }
+
+impl Ctx<'_> {
+    /// `a1` behind a port-restricted `r1` running miniupnpd maps its ports; `b1` behind a
+    /// port-restricted `r2` connects to it by `PeerId`: the coordination hands `b1` the
+    /// mapped endpoints, which answer at once, so no punch is needed (`path` = `mapped`).
+    pub(super) fn punch_mapped(&mut self, cell: &str) -> Result<CellReport> {
+        if let Some(missing) = upnp::missing() {
+            return Ok(skipped(cell, &missing));
+        }
+        self.lab.configure(Router::R1, NatType::PortRestricted)?;
+        self.lab.configure(Router::R2, NatType::PortRestricted)?;
+        let dir = cell_log_dir(&self.logs, cell);
+        let gateway = upnp::start(self.lab, Router::R1, &dir.join("gateway"))?;
+        let (a_ports, b_ports) = self.trial_ports();
+        let a1 = Node::start_with(
+            &self.bin,
+            &self.lab.ns(Role::A1),
+            "a1",
+            a_ports,
+            &dir,
+            &["--no-ipv6"],
+        )?;
+        for scheme in ["tcp://", "rudp://"] {
+            a1.wait_for(0, MAPPING, "port_mapped", |e| {
+                e.name() == "port_mapped" && e.str("external").starts_with(scheme)
+            })?;
+        }
+        let b1 = Node::start_with(
+            &self.bin,
+            &self.lab.ns(Role::B1),
+            "b1",
+            b_ports,
+            &dir,
+            &["--no-port-mapping", "--no-ipv6"],
+        )?;
+        let p = self.publics;
+        let pub_mark = p.rendezvous.mark();
+        for node in [&a1, &b1] {
+            let outcome = node.connect(&p.rendezvous.endpoint("tcp")?, CONNECT)?;
+            if !outcome.connected() {
+                bail!(
+                    "{} could not reach pub: {}",
+                    node.name,
+                    outcome.error.unwrap_or_default()
+                );
+            }
+            p.rendezvous
+                .inbound_from(pub_mark, &node.peer_id, FOLLOW_UP)?;
+        }
+        let marked = b1.mark();
+        let sent = Instant::now();
+        b1.send(&format!("connect {}", a1.peer_id))?;
+        let prefix = format!("connect {}:", a1.peer_id);
+        let answer = b1.wait_for(marked, PUNCH_ANSWER, "the answer to connect by id", |e| {
+            (e.name() == "connected" && e.str("peer") == a1.peer_id)
+                || (e.name() == "error" && e.str("message").starts_with(&prefix))
+        })?;
+        let elapsed = answer.at.saturating_duration_since(sent);
+        let path = answer.str("path").to_owned();
+        let error = (answer.name() == "error").then(|| answer.str("message").to_owned());
+        b1.quit();
+        a1.quit();
+        drop(gateway);
+        let mut mismatches = Vec::new();
+        if path != "mapped" {
+            mismatches.push(format!(
+                "connected by {:?}, expected mapped{}",
+                path,
+                error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        Ok(CellReport {
+            name: cell.to_owned(),
+            outcome: if path.is_empty() {
+                "failed".to_owned()
+            } else {
+                path.clone()
+            },
+            mismatches,
+            details: format!("b1 -> a1 by id in {} ms via {path}", elapsed.as_millis()),
+            data: json!({"path": path, "elapsed_ms": elapsed.as_millis() as u64, "error": error}),
+            elapsed: Duration::ZERO,
+        })
+    }
+}
