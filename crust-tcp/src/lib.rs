@@ -432,6 +432,12 @@ async fn accept_loop(
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
+                // The listener was dropped: its socket is shut down (accept then fails with
+                // EINVAL) and the task is being aborted. Not a failure worth a warning.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput || ready.is_closed() => {
+                    tracing::debug!(error = %e, "tcp listener shut down; accept loop ends");
+                    return;
+                }
                 Err(e) => {
                     // E.g. out of file descriptors: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "tcp accept failed");
@@ -527,4 +533,42 @@ fn configure_stream(stream: &TcpStream, keepalive: Option<Duration>) -> Result<(
         socket2::SockRef::from(stream).set_tcp_keepalive(&params)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener shut down (as [`TcpListener`]'s drop does) while its receiver is still
+    /// alive: accept fails with EINVAL, and the loop ends quietly instead of warning every
+    /// 50 ms until it is aborted.
+    #[tokio::test]
+    async fn accept_loop_ends_when_the_listener_is_shut_down() {
+        let transport = TcpTransport::new(
+            Identity::generate().expect("identity"),
+            TcpConfig::default(),
+        )
+        .expect("transport");
+        let listener = Arc::new(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+        socket2::SockRef::from(&*listener)
+            .shutdown(std::net::Shutdown::Both)
+            .expect("shutdown");
+        let (tx, _rx) = mpsc::channel(1);
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            accept_loop(
+                listener,
+                transport.acceptor.clone(),
+                transport.config.clone(),
+                tx,
+                punch::PunchWaiters::default(),
+            ),
+        )
+        .await;
+        assert!(ended.is_ok(), "the accept loop kept running");
+    }
 }

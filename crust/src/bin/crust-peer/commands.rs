@@ -41,7 +41,10 @@ pub(crate) fn resolve_peer(service: &Service, text: &str) -> Result<PeerId, Stri
     }
     let prefix = text.to_ascii_lowercase();
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) || prefix.len() > 64 {
-        return Err(format!("bad peer id {text:?}: expected hex digits"));
+        return Err(format!(
+            "bad peer id {:?}: expected hex digits",
+            shorten(text, ECHO_CHARS)
+        ));
     }
     let matches: Vec<PeerId> = service
         .peers()
@@ -51,27 +54,99 @@ pub(crate) fn resolve_peer(service: &Service, text: &str) -> Result<PeerId, Stri
         .collect();
     match matches.as_slice() {
         [one] => Ok(*one),
-        [] => Err(format!("no connected peer matches {text:?}")),
+        [] => Err(format!(
+            "no connected peer matches {:?}",
+            shorten(text, ECHO_CHARS)
+        )),
         _ => Err(format!(
-            "{text:?} is ambiguous: {} connected peers match",
+            "{:?} is ambiguous: {} connected peers match",
+            shorten(text, ECHO_CHARS),
             matches.len()
         )),
     }
+}
+
+/// How much of a piece of input an error message quotes, in characters.
+pub(crate) const ECHO_CHARS: usize = 64;
+
+/// `text` cut to at most `max` characters (on a char boundary), with "…" when cut, so that
+/// an error never echoes a huge input line.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Parses an endpoint to dial: `tcp://IP:PORT` or `rudp://IP:PORT`. Stricter than
+/// [`Endpoint`]'s `FromStr`, which also takes `udp://` and `quic://` as aliases of `rudp://`
+/// (kept in the library for configs written that way): on the command line a `udp://`
+/// target is more likely a mistake than a wish for QUIC. Port 0 cannot be dialled.
+pub(crate) fn parse_dial_target(text: &str) -> Result<Endpoint, String> {
+    let shown = shorten(text, ECHO_CHARS);
+    let expected = "expected tcp://IP:PORT or rudp://IP:PORT";
+    let Some((scheme, _)) = text.split_once("://") else {
+        return Err(format!("bad endpoint {shown:?}: {expected}"));
+    };
+    if !scheme.eq_ignore_ascii_case("tcp") && !scheme.eq_ignore_ascii_case("rudp") {
+        let scheme = shorten(scheme, 16);
+        return Err(format!(
+            "bad endpoint {shown:?}: unknown scheme {scheme:?} ({expected})"
+        ));
+    }
+    let endpoint = text.parse::<Endpoint>().map_err(|e| {
+        if shown.len() < text.len() {
+            format!("bad endpoint {shown:?}: {expected}")
+        } else {
+            format!("bad endpoint {shown:?}: {e}")
+        }
+    })?;
+    if endpoint.addr().port() == 0 {
+        return Err(format!("bad endpoint {shown:?}: port 0 cannot be dialled"));
+    }
+    Ok(endpoint)
 }
 
 pub(crate) fn parse_endpoints<'a>(
     words: impl Iterator<Item = &'a str>,
 ) -> Result<Vec<Endpoint>, String> {
     let endpoints = words
-        .map(|w| {
-            w.parse::<Endpoint>()
-                .map_err(|e| format!("bad endpoint {w:?}: {e}"))
-        })
+        .map(parse_dial_target)
         .collect::<Result<Vec<_>, _>>()?;
     if endpoints.is_empty() {
         return Err("connect needs at least one endpoint (e.g. tcp://1.2.3.4:5000)".into());
     }
     Ok(endpoints)
+}
+
+/// What `connect` was asked to dial.
+#[derive(Debug)]
+pub(crate) enum ConnectTarget {
+    /// `connect <peer-id>[@<endpoint>,…]`.
+    Peer(PeerAddr),
+    /// `connect <endpoint> [<endpoint>…]`.
+    Endpoints(Vec<Endpoint>),
+}
+
+/// Parses the arguments of `connect`; endpoints are checked by [`parse_dial_target`].
+pub(crate) fn parse_connect(rest: &str) -> Result<ConnectTarget, String> {
+    if let Some((id, endpoints)) = rest.split_once('@') {
+        let id = id.trim();
+        let peer: PeerId = id
+            .parse()
+            .map_err(|_| format!("bad peer id {:?}", shorten(id, ECHO_CHARS)))?;
+        let endpoints = endpoints
+            .split(',')
+            .map(|e| parse_dial_target(e.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(ConnectTarget::Peer(
+            PeerAddr::new(peer).with_endpoints(endpoints),
+        ));
+    }
+    if let Ok(peer) = rest.parse::<PeerId>() {
+        return Ok(ConnectTarget::Peer(PeerAddr::new(peer)));
+    }
+    parse_endpoints(rest.split_whitespace()).map(ConnectTarget::Endpoints)
 }
 
 /// Connects to a peer by id (and any endpoints given) in the background and reports the
@@ -168,12 +243,10 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
             },
         ),
         "endpoints" => print_endpoints(service, printer),
-        "connect" => match rest.parse::<PeerAddr>() {
-            Ok(addr) => spawn_connect_to(service, printer, addr),
-            Err(_) => match parse_endpoints(words) {
-                Ok(endpoints) => spawn_connect(service, printer, endpoints),
-                Err(e) => printer.error(e),
-            },
+        "connect" => match parse_connect(rest) {
+            Ok(ConnectTarget::Peer(addr)) => spawn_connect_to(service, printer, addr),
+            Ok(ConnectTarget::Endpoints(endpoints)) => spawn_connect(service, printer, endpoints),
+            Err(e) => printer.error(e),
         },
         "known" => {
             let known = service.known_peers();
@@ -299,7 +372,10 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                 Err(e) => printer.error(format!("{command}: {e}")),
             }
         }
-        other => printer.error(format!("unknown command {other:?} (try help)")),
+        other => printer.error(format!(
+            "unknown command {:?} (try help)",
+            shorten(other, ECHO_CHARS)
+        )),
     }
     Flow::Continue
 }

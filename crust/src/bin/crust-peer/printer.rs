@@ -1,7 +1,20 @@
 //! Printing events and command results as text or JSON lines.
 
+use std::io::Write as _;
+use std::sync::LazyLock;
+
 use crust::{Direction, Endpoint, Event, MappingBehaviour, Reachability};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Cancelled once a write to stdout fails (the reader went away): nobody can see our events
+/// any more, so the node shuts down as on `quit`.
+static STDOUT_CLOSED: LazyLock<CancellationToken> = LazyLock::new(CancellationToken::new);
+
+/// Resolves once a write to stdout has failed.
+pub(crate) async fn stdout_closed() {
+    STDOUT_CLOSED.cancelled().await;
+}
 
 /// Prints events and command results in the chosen format.
 #[derive(Clone, Copy, Debug)]
@@ -11,12 +24,30 @@ pub(crate) struct Printer {
 
 impl Printer {
     /// Prints one line: `value` in JSON mode, `text` otherwise.
+    /// Never panics: once stdout is closed (`EPIPE`) or fails otherwise, lines are dropped
+    /// and [`stdout_closed`] resolves.
     pub(crate) fn emit(&self, value: Value, text: impl FnOnce() -> String) {
-        if self.json {
-            println!("{}", event_first(value));
-        } else {
-            println!("{}", text());
+        if STDOUT_CLOSED.is_cancelled() {
+            return;
         }
+        let line = if self.json {
+            event_first(value)
+        } else {
+            text()
+        };
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            tracing::info!(error = %e, "stdout is closed; shutting down");
+            STDOUT_CLOSED.cancel();
+        }
+    }
+
+    pub(crate) fn warning(&self, message: impl std::fmt::Display) {
+        let message = message.to_string();
+        tracing::warn!("{message}");
+        self.emit(json!({"event": "warning", "message": message}), || {
+            format!("warning: {message}")
+        });
     }
 
     pub(crate) fn error(&self, message: impl std::fmt::Display) {
