@@ -110,13 +110,13 @@ pub struct FairShare {
 
 impl FairShare {
     /// The default shares for `max_in_flight` slots (at least 1): a quarter of them per IP
-    /// address, half per subnet, a queue four times as long as the slots (and as long as the
-    /// slots per address), and a wait of at most 5 s.
+    /// address, half per subnet, a queue four times as long as the slots (half of it for one
+    /// address), and a wait of at most 5 s.
     ///
     /// ```
     /// let share = crust_core::limits::FairShare::new(256);
     /// assert_eq!((share.max_in_flight_per_ip, share.max_in_flight_per_subnet), (64, 128));
-    /// assert_eq!((share.max_queued, share.max_queued_per_ip), (1024, 256));
+    /// assert_eq!((share.max_queued, share.max_queued_per_ip), (1024, 512));
     /// assert_eq!(share.max_wait, std::time::Duration::from_secs(5));
     /// ```
     pub fn new(max_in_flight: usize) -> Self {
@@ -126,7 +126,7 @@ impl FairShare {
             max_in_flight_per_ip: (max_in_flight / 4).max(1),
             max_in_flight_per_subnet: (max_in_flight / 2).max(1),
             max_queued: max_in_flight.saturating_mul(4),
-            max_queued_per_ip: max_in_flight,
+            max_queued_per_ip: max_in_flight.saturating_mul(2),
             max_wait: Duration::from_secs(5),
         }
     }
@@ -669,6 +669,8 @@ mod tests {
         let mut share = FairShare::new(total);
         share.max_in_flight_per_ip = per_ip;
         share.max_in_flight_per_subnet = per_subnet;
+        share.max_queued = 1000;
+        share.max_queued_per_ip = 1000;
         share
     }
 

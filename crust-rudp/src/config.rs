@@ -34,8 +34,8 @@ pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_SUBNET: usize = 32;
 pub const DEFAULT_MAX_QUEUED_HANDSHAKES: usize = 256;
 
 /// Default number of connection attempts from one IP address waiting for a handshake
-/// slot: 64.
-pub const DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP: usize = 64;
+/// slot: 128.
+pub const DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP: usize = 128;
 
 /// Default longest wait for a handshake slot: 5 s.
 pub const DEFAULT_HANDSHAKE_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,7 +97,7 @@ pub struct RudpConfig {
     /// is refused (QUIC `CONNECTION_REFUSED`). Default [`DEFAULT_MAX_QUEUED_HANDSHAKES`] (256).
     pub max_queued_handshakes: usize,
     /// Connection attempts from one IP address waiting for a handshake slot; newcomers
-    /// beyond it are refused. Default [`DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP`] (64).
+    /// beyond it are refused. Default [`DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP`] (128).
     pub max_queued_handshakes_per_ip: usize,
     /// How long a connection attempt may wait for a handshake slot before it is refused.
     /// Default [`DEFAULT_HANDSHAKE_QUEUE_TIMEOUT`] (5 s).

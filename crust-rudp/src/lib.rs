@@ -96,7 +96,7 @@
 //! complete QUIC, then never open the Crust stream; such a stalled handshake holds its slot
 //! until the handshake timeout (10 s), so without a share one host could hold them all.
 //! Attempts beyond a share or the total wait in a bounded queue
-//! ([`RudpConfig::max_queued_handshakes`], 256 in all, 64 per address, for at most
+//! ([`RudpConfig::max_queued_handshakes`], 256 in all, 128 per address, for at most
 //! [`RudpConfig::handshake_queue_timeout`], 5 s), served round-robin across subnets, and are
 //! refused when it is full or their wait is over (the fair share is
 //! [`crust_core::limits::HandshakeQueue`]). A handshake keeps its slot until its stream is in

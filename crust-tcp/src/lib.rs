@@ -26,7 +26,7 @@
 //!   the handshake timeout (10 s) cuts them; the other slots stay free for everyone else.
 //! - **Waiting connections:** a connection beyond a share or the total is not dropped: it
 //!   waits, at most [`TcpConfig::max_queued_handshakes`] (1024) in all and
-//!   [`TcpConfig::max_queued_handshakes_per_ip`] (256) per address, for at most
+//!   [`TcpConfig::max_queued_handshakes_per_ip`] (512) per address, for at most
 //!   [`TcpConfig::handshake_queue_timeout`] (5 s). Waiting connections are served round-robin
 //!   across subnets and oldest first within one, so a burst of honest connections from one
 //!   NAT is served a share at a time and a heavy source cannot starve the others; a full
@@ -113,7 +113,7 @@ pub struct TcpConfig {
     /// newcomer is closed at once. Default 1024.
     pub max_queued_handshakes: usize,
     /// Connections from one IP address waiting for a handshake slot; newcomers beyond it
-    /// are closed at once. Default 256.
+    /// are closed at once. Default 512.
     pub max_queued_handshakes_per_ip: usize,
     /// How long a connection may wait for a handshake slot before it is closed. A dialler
     /// gives up after its own handshake timeout anyway, which includes this wait. Default 5 s.
@@ -129,7 +129,7 @@ pub struct TcpConfig {
 
 impl Default for TcpConfig {
     fn default() -> Self {
-        // 256 slots; a quarter per address, half per subnet; a queue of 1024 (256 per
+        // 256 slots; a quarter per address, half per subnet; a queue of 1024 (512 per
         // address) and a wait of at most 5 s.
         let share = FairShare::new(256);
         TcpConfig {
