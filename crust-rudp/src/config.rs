@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crust_core::ConnectionConfig;
+use crust_core::limits::FairShare;
 use rustls::crypto::CryptoProvider;
 
 /// Default interval between QUIC keep-alive (PING) packets on an idle connection: 10 s.
@@ -20,6 +21,24 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default number of incoming handshakes a listener runs at the same time: 64.
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
+/// Default number of incoming handshakes a listener runs at the same time for one IP
+/// address: 16 (a quarter of [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`]).
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_IP: usize = 16;
+
+/// Default number of incoming handshakes a listener runs at the same time for one subnet
+/// (IPv4 /24, IPv6 /64): 32 (half of [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`]).
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_SUBNET: usize = 32;
+
+/// Default number of connection attempts waiting for a handshake slot: 256 in all.
+pub const DEFAULT_MAX_QUEUED_HANDSHAKES: usize = 256;
+
+/// Default number of connection attempts from one IP address waiting for a handshake
+/// slot: 128.
+pub const DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP: usize = 128;
+
+/// Default longest wait for a handshake slot: 5 s.
+pub const DEFAULT_HANDSHAKE_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Configuration of a [`RudpTransport`](crate::RudpTransport).
 ///
@@ -55,10 +74,34 @@ pub struct RudpConfig {
     /// [`DEFAULT_IDLE_TIMEOUT`] (30 s). The effective timeout is the smaller of both
     /// peers' values.
     pub idle_timeout: Duration,
-    /// Incoming handshakes a listener runs concurrently; further connection attempts wait
-    /// in QUIC's queue until a slot frees up. Default [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`]
-    /// (64).
+    /// Incoming handshakes a listener runs concurrently, over all sources; a slot is held
+    /// from the first packet of a connection attempt until its authenticated stream is in
+    /// the accept queue, so an application slow to accept holds back new handshakes.
+    /// Further connection attempts wait in the listener's queue until a slot frees up.
+    /// Default [`DEFAULT_MAX_CONCURRENT_HANDSHAKES`] (64).
     pub max_concurrent_handshakes: usize,
+    /// Incoming handshakes run concurrently for one IP address: its fair share, so that one
+    /// host that completes QUIC and then stalls (never opens the Crust stream) cannot hold
+    /// every slot until the handshake timeout. Attempts beyond it wait (they are not
+    /// refused), so honest bursts from one NAT are all served, a share at a time. Default
+    /// [`DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_IP`] (16); `usize::MAX` turns it off.
+    pub max_concurrent_handshakes_per_ip: usize,
+    /// Incoming handshakes run concurrently for one subnet (IPv4 /24, IPv6 /64), so a host
+    /// with many addresses cannot hold every slot either. Default
+    /// [`DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_SUBNET`] (32); `usize::MAX` turns it off.
+    pub max_concurrent_handshakes_per_subnet: usize,
+    /// Connection attempts waiting for a handshake slot, over all sources. They are served
+    /// round-robin across subnets and oldest first within one. When the queue is full a
+    /// newcomer takes the place of the newest waiting attempt of the address with the most
+    /// waiting (if it has more waiting than the newcomer's address), otherwise the newcomer
+    /// is refused (QUIC `CONNECTION_REFUSED`). Default [`DEFAULT_MAX_QUEUED_HANDSHAKES`] (256).
+    pub max_queued_handshakes: usize,
+    /// Connection attempts from one IP address waiting for a handshake slot; newcomers
+    /// beyond it are refused. Default [`DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP`] (128).
+    pub max_queued_handshakes_per_ip: usize,
+    /// How long a connection attempt may wait for a handshake slot before it is refused.
+    /// Default [`DEFAULT_HANDSHAKE_QUEUE_TIMEOUT`] (5 s).
+    pub handshake_queue_timeout: Duration,
 }
 
 impl Default for RudpConfig {
@@ -69,6 +112,11 @@ impl Default for RudpConfig {
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+            max_concurrent_handshakes_per_ip: DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_IP,
+            max_concurrent_handshakes_per_subnet: DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_SUBNET,
+            max_queued_handshakes: DEFAULT_MAX_QUEUED_HANDSHAKES,
+            max_queued_handshakes_per_ip: DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP,
+            handshake_queue_timeout: DEFAULT_HANDSHAKE_QUEUE_TIMEOUT,
         }
     }
 }
@@ -81,6 +129,20 @@ impl fmt::Debug for RudpConfig {
             .field("keep_alive_interval", &self.keep_alive_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_concurrent_handshakes", &self.max_concurrent_handshakes)
+            .field(
+                "max_concurrent_handshakes_per_ip",
+                &self.max_concurrent_handshakes_per_ip,
+            )
+            .field(
+                "max_concurrent_handshakes_per_subnet",
+                &self.max_concurrent_handshakes_per_subnet,
+            )
+            .field("max_queued_handshakes", &self.max_queued_handshakes)
+            .field(
+                "max_queued_handshakes_per_ip",
+                &self.max_queued_handshakes_per_ip,
+            )
+            .field("handshake_queue_timeout", &self.handshake_queue_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -110,9 +172,47 @@ impl RudpConfig {
         self
     }
 
-    /// Sets [`RudpConfig::max_concurrent_handshakes`] (at least 1).
+    /// Sets [`RudpConfig::max_concurrent_handshakes`] (at least 1); the shares per address
+    /// and per subnet are left as they are.
     pub fn with_max_concurrent_handshakes(mut self, handshakes: usize) -> Self {
         self.max_concurrent_handshakes = handshakes.max(1);
         self
+    }
+
+    /// Sets [`RudpConfig::max_concurrent_handshakes_per_ip`] (at least 1).
+    pub fn with_max_concurrent_handshakes_per_ip(mut self, handshakes: usize) -> Self {
+        self.max_concurrent_handshakes_per_ip = handshakes.max(1);
+        self
+    }
+
+    /// Sets [`RudpConfig::max_concurrent_handshakes_per_subnet`] (at least 1).
+    pub fn with_max_concurrent_handshakes_per_subnet(mut self, handshakes: usize) -> Self {
+        self.max_concurrent_handshakes_per_subnet = handshakes.max(1);
+        self
+    }
+
+    /// Sets [`RudpConfig::max_queued_handshakes`] and
+    /// [`RudpConfig::max_queued_handshakes_per_ip`] (each at least 1).
+    pub fn with_max_queued_handshakes(mut self, total: usize, per_ip: usize) -> Self {
+        self.max_queued_handshakes = total.max(1);
+        self.max_queued_handshakes_per_ip = per_ip.max(1);
+        self
+    }
+
+    /// Sets [`RudpConfig::handshake_queue_timeout`].
+    pub fn with_handshake_queue_timeout(mut self, wait: Duration) -> Self {
+        self.handshake_queue_timeout = wait;
+        self
+    }
+
+    /// The handshake slots' fair share as configured here.
+    pub(crate) fn fair_share(&self) -> FairShare {
+        let mut share = FairShare::new(self.max_concurrent_handshakes);
+        share.max_in_flight_per_ip = self.max_concurrent_handshakes_per_ip;
+        share.max_in_flight_per_subnet = self.max_concurrent_handshakes_per_subnet;
+        share.max_queued = self.max_queued_handshakes;
+        share.max_queued_per_ip = self.max_queued_handshakes_per_ip;
+        share.max_wait = self.handshake_queue_timeout;
+        share
     }
 }

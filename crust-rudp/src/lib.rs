@@ -90,8 +90,19 @@
 //!
 //! **Listening.** An accept loop runs in its own task; every incoming handshake runs in its
 //! own task bounded by the handshake timeout, at most
-//! [`RudpConfig::max_concurrent_handshakes`] at a time. Authenticated streams are delivered
-//! through a bounded queue; failed handshakes are logged (`tracing`) and dropped. Dropping
+//! [`RudpConfig::max_concurrent_handshakes`] (64) at a time, of which one IP address gets
+//! [`RudpConfig::max_concurrent_handshakes_per_ip`] (16) and one subnet (IPv4 /24, IPv6 /64)
+//! [`RudpConfig::max_concurrent_handshakes_per_subnet`] (32). Anyone can make a key and
+//! complete QUIC, then never open the Crust stream; such a stalled handshake holds its slot
+//! until the handshake timeout (10 s), so without a share one host could hold them all.
+//! Attempts beyond a share or the total wait in a bounded queue
+//! ([`RudpConfig::max_queued_handshakes`], 256 in all, 128 per address, for at most
+//! [`RudpConfig::handshake_queue_timeout`], 5 s), served round-robin across subnets, and are
+//! refused when it is full or their wait is over (the fair share is
+//! [`crust_core::limits::HandshakeQueue`]). A handshake keeps its slot until its stream is in
+//! the accept queue, so an application slow to accept holds back new handshakes.
+//! Authenticated streams are delivered through a bounded queue; failed handshakes are
+//! logged (`tracing`) and dropped. Dropping
 //! the listener stops accepting (new attempts are refused) while dials and established
 //! connections carry on.
 //!
@@ -137,8 +148,10 @@ mod stream;
 mod transport;
 
 pub use config::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-    RudpConfig,
+    DEFAULT_HANDSHAKE_QUEUE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_INTERVAL,
+    DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_IP,
+    DEFAULT_MAX_CONCURRENT_HANDSHAKES_PER_SUBNET, DEFAULT_MAX_QUEUED_HANDSHAKES,
+    DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP, RudpConfig,
 };
 pub use transport::RudpTransport;
 

@@ -16,7 +16,7 @@ use crust_core::{
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::config::RudpConfig;
 use crate::listener::{RudpListener, accept_loop};
@@ -485,7 +485,7 @@ impl Transport for RudpTransport {
             self.inner.punch_waiters.clone(),
             local,
             tx,
-            Arc::new(Semaphore::new(capacity)),
+            self.inner.config.fair_share(),
             self.inner.config.connection.handshake_timeout,
         ));
         tracing::debug!(%local, peer_id = %self.inner.identity.peer_id(), "listening");

@@ -13,6 +13,32 @@
 //! the nodes' self-signed certificates; the verifiers accept exactly the peer's key (and
 //! when dialling with an expected [`PeerId`], only that one). See `docs/protocol.md`.
 //!
+//! ## What a listener bounds
+//!
+//! Each incoming connection takes a *handshake slot* from the moment its handshake starts
+//! until its authenticated stream is in the accept queue. Everything is bounded, and no
+//! single source can take it all:
+//!
+//! - **Slots in flight:** [`TcpConfig::max_pending_handshakes`] (256) in all, of which one IP
+//!   address may hold [`TcpConfig::max_pending_handshakes_per_ip`] (64) and one subnet (IPv4
+//!   /24, IPv6 /64) [`TcpConfig::max_pending_handshakes_per_subnet`] (128). A host that opens
+//!   connections and then stalls them (the slowloris attack) holds at most its share until
+//!   the handshake timeout (10 s) cuts them; the other slots stay free for everyone else.
+//! - **Waiting connections:** a connection beyond a share or the total is not dropped: it
+//!   waits, at most [`TcpConfig::max_queued_handshakes`] (1024) in all and
+//!   [`TcpConfig::max_queued_handshakes_per_ip`] (512) per address, for at most
+//!   [`TcpConfig::handshake_queue_timeout`] (5 s). Waiting connections are served round-robin
+//!   across subnets and oldest first within one, so a burst of honest connections from one
+//!   NAT is served a share at a time and a heavy source cannot starve the others; a full
+//!   queue makes room by closing a connection of the source with the most waiting.
+//! - **Finished handshakes:** at most [`TcpConfig::accept_queue_len`] (128) authenticated
+//!   connections wait for [`Listener::accept`]; beyond that, finished handshakes keep their
+//!   slots, so an application that does not accept holds back new handshakes rather than
+//!   letting connections pile up.
+//!
+//! The fair share is [`crust_core::limits::HandshakeQueue`], a plain struct tested without
+//! sockets.
+//!
 //! ```
 //! use crust_core::{Identity, Transport};
 //! use crust_tcp::{TcpConfig, TcpTransport};
@@ -34,6 +60,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod accept;
 mod punch;
 
 use std::fmt;
@@ -42,13 +69,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use crust_core::limits::FairShare;
 use crust_core::{
     ConnectionConfig, ConnectionInfo, Direction, Endpoint, Error, Identity, Listener, PeerId,
     Protocol, Result, SecureStream, Transport, tls, wire,
 };
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Configuration of a [`TcpTransport`].
@@ -62,14 +90,34 @@ pub struct TcpConfig {
     /// Dial from the port we listen on (SO_REUSEADDR + SO_REUSEPORT), as TCP hole punching
     /// by simultaneous open needs. Default: `false` (dial from an ephemeral port).
     pub dial_from_listen_port: bool,
-    /// Incoming handshakes allowed in flight at once; connections beyond are dropped at once.
-    /// Default 256.
+    /// Incoming handshakes in flight at once, over all sources. Connections beyond it wait
+    /// for a slot in the listener's queue (see [`TcpConfig::max_queued_handshakes`]). A slot
+    /// is held from the start of the handshake until the authenticated connection is in the
+    /// accept queue, so an application that is slow to [`Listener::accept`] holds back new
+    /// handshakes instead of letting finished ones pile up. Default 256.
     pub max_pending_handshakes: usize,
-    /// Incoming handshakes allowed in flight at once from one IP address, so one host that
-    /// opens connections and stalls cannot take every handshake slot. Connections beyond it
-    /// are dropped, which also hurts honest bursts from one address (a NAT, a proxy), so the
-    /// default is `usize::MAX` (off): set it when stalling hosts are a concern.
+    /// Incoming handshakes in flight at once from one IP address: its fair share of the
+    /// slots, so that one host that opens connections and stalls them cannot take every
+    /// slot. Connections beyond it wait in the queue (they are not dropped), so honest bursts
+    /// from one address (a NAT, a proxy) are all served, a share at a time. Default 64 (a
+    /// quarter of the default slots); `usize::MAX` turns the per-address share off.
     pub max_pending_handshakes_per_ip: usize,
+    /// Incoming handshakes in flight at once from one subnet (an IPv4 /24, an IPv6 /64), so
+    /// that a host with many addresses cannot take every slot either. Connections beyond it
+    /// wait in the queue. Default 128 (half of the default slots); `usize::MAX` turns it off.
+    pub max_pending_handshakes_per_subnet: usize,
+    /// Connections waiting for a handshake slot, over all sources. Waiting connections are
+    /// served round-robin across subnets and oldest first within one. When the queue is full
+    /// a newcomer takes the place of the newest waiting connection of the address with the
+    /// most waiting (if it has more waiting than the newcomer's address), otherwise the
+    /// newcomer is closed at once. Default 1024.
+    pub max_queued_handshakes: usize,
+    /// Connections from one IP address waiting for a handshake slot; newcomers beyond it
+    /// are closed at once. Default 512.
+    pub max_queued_handshakes_per_ip: usize,
+    /// How long a connection may wait for a handshake slot before it is closed. A dialler
+    /// gives up after its own handshake timeout anyway, which includes this wait. Default 5 s.
+    pub handshake_queue_timeout: Duration,
     /// Authenticated connections waiting for [`Listener::accept`]. Default 128.
     pub accept_queue_len: usize,
     /// TCP keep-alive idle time, so vanished peers are noticed on idle connections.
@@ -81,12 +129,19 @@ pub struct TcpConfig {
 
 impl Default for TcpConfig {
     fn default() -> Self {
+        // 256 slots; a quarter per address, half per subnet; a queue of 1024 (512 per
+        // address) and a wait of at most 5 s.
+        let share = FairShare::new(256);
         TcpConfig {
             connection: ConnectionConfig::default(),
             crypto_provider: tls::default_crypto_provider(),
             dial_from_listen_port: false,
-            max_pending_handshakes: 256,
-            max_pending_handshakes_per_ip: usize::MAX,
+            max_pending_handshakes: share.max_in_flight,
+            max_pending_handshakes_per_ip: share.max_in_flight_per_ip,
+            max_pending_handshakes_per_subnet: share.max_in_flight_per_subnet,
+            max_queued_handshakes: share.max_queued,
+            max_queued_handshakes_per_ip: share.max_queued_per_ip,
+            handshake_queue_timeout: share.max_wait,
             accept_queue_len: 128,
             tcp_keepalive: Some(Duration::from_secs(30)),
             listen_backlog: 1024,
@@ -113,7 +168,8 @@ impl TcpConfig {
         self
     }
 
-    /// Sets [`TcpConfig::max_pending_handshakes`] (at least 1).
+    /// Sets [`TcpConfig::max_pending_handshakes`] (at least 1); the shares per address and
+    /// per subnet are left as they are.
     pub fn with_max_pending_handshakes(mut self, n: usize) -> Self {
         self.max_pending_handshakes = n.max(1);
         self
@@ -123,6 +179,43 @@ impl TcpConfig {
     pub fn with_max_pending_handshakes_per_ip(mut self, n: usize) -> Self {
         self.max_pending_handshakes_per_ip = n.max(1);
         self
+    }
+
+    /// Sets [`TcpConfig::max_pending_handshakes_per_subnet`] (at least 1).
+    pub fn with_max_pending_handshakes_per_subnet(mut self, n: usize) -> Self {
+        self.max_pending_handshakes_per_subnet = n.max(1);
+        self
+    }
+
+    /// Sets [`TcpConfig::max_queued_handshakes`] and
+    /// [`TcpConfig::max_queued_handshakes_per_ip`] (each at least 1).
+    pub fn with_max_queued_handshakes(mut self, total: usize, per_ip: usize) -> Self {
+        self.max_queued_handshakes = total.max(1);
+        self.max_queued_handshakes_per_ip = per_ip.max(1);
+        self
+    }
+
+    /// Sets [`TcpConfig::handshake_queue_timeout`].
+    pub fn with_handshake_queue_timeout(mut self, wait: Duration) -> Self {
+        self.handshake_queue_timeout = wait;
+        self
+    }
+
+    /// Sets [`TcpConfig::accept_queue_len`] (at least 1).
+    pub fn with_accept_queue_len(mut self, n: usize) -> Self {
+        self.accept_queue_len = n.max(1);
+        self
+    }
+
+    /// The handshake slots' fair share as configured here.
+    fn fair_share(&self) -> FairShare {
+        let mut share = FairShare::new(self.max_pending_handshakes);
+        share.max_in_flight_per_ip = self.max_pending_handshakes_per_ip;
+        share.max_in_flight_per_subnet = self.max_pending_handshakes_per_subnet;
+        share.max_queued = self.max_queued_handshakes;
+        share.max_queued_per_ip = self.max_queued_handshakes_per_ip;
+        share.max_wait = self.handshake_queue_timeout;
+        share
     }
 
     /// Sets [`TcpConfig::tcp_keepalive`].
@@ -263,7 +356,7 @@ impl Transport for TcpTransport {
             .unwrap_or_else(|p| p.into_inner())
             .push(local);
         let (tx, rx) = mpsc::channel(self.config.accept_queue_len.max(1));
-        let accept_task = tokio::spawn(accept_loop(
+        let accept_task = tokio::spawn(accept::accept_loop(
             listener.clone(),
             self.acceptor.clone(),
             self.config.clone(),
@@ -418,99 +511,6 @@ impl Listener for TcpListener {
     }
 }
 
-async fn accept_loop(
-    listener: Arc<tokio::net::TcpListener>,
-    acceptor: TlsAcceptor,
-    config: TcpConfig,
-    ready: mpsc::Sender<SecureStream>,
-    punch_waiters: punch::PunchWaiters,
-) {
-    let permits = Arc::new(Semaphore::new(config.max_pending_handshakes.max(1)));
-    let per_ip = crust_core::limits::PerIpLimiter::new(config.max_pending_handshakes_per_ip);
-    let local = listener.local_addr().ok();
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                // The listener was dropped: its socket is shut down (accept then fails with
-                // EINVAL) and the task is being aborted. Not a failure worth a warning.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput || ready.is_closed() => {
-                    tracing::debug!(error = %e, "tcp listener shut down; accept loop ends");
-                    return;
-                }
-                Err(e) => {
-                    // E.g. out of file descriptors: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = ready.closed() => return,
-        };
-        // A connection a hole punch waits for skips the ordinary handshake: the punch
-        // runs it with the roles both sides agreed on.
-        let Some(tcp) = punch::divert(&punch_waiters, remote, tcp) else {
-            continue;
-        };
-        let Some(per_ip) = per_ip.admit(remote.ip()) else {
-            tracing::debug!(%remote, "too many pending handshakes from this address; dropping connection");
-            continue;
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "too many pending handshakes; dropping connection");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        let timeout = config.connection.handshake_timeout;
-        let keepalive = config.tcp_keepalive;
-        tokio::spawn(async move {
-            let handshake = accept_handshake(tcp, remote, acceptor, keepalive);
-            let outcome = tokio::time::timeout(timeout, handshake).await;
-            drop((permit, per_ip));
-            match outcome {
-                Ok(Ok(stream)) => {
-                    tracing::debug!(peer = %stream.info.peer_id, %remote, ?local, "tcp connection accepted");
-                    let _ = ready.send(stream).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "incoming tcp handshake failed"),
-                Err(_) => tracing::debug!(%remote, ?timeout, "incoming tcp handshake timed out"),
-            }
-        });
-    }
-}
-
-async fn accept_handshake(
-    mut tcp: TcpStream,
-    remote: SocketAddr,
-    acceptor: TlsAcceptor,
-    keepalive: Option<Duration>,
-) -> Result<SecureStream> {
-    configure_stream(&tcp, keepalive)?;
-    let local_addr = tcp.local_addr()?;
-    wire::exchange_preamble(&mut tcp).await?;
-    let tls = acceptor
-        .accept(tcp)
-        .await
-        .map_err(|e| Error::Handshake(e.to_string()))?;
-    let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
-    let info = ConnectionInfo {
-        peer_id,
-        local_addr,
-        remote_addr: remote,
-        protocol: Protocol::Tcp,
-        direction: Direction::Inbound,
-        path: crust_core::ConnectionPath::Direct,
-    };
-    let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Server(tls));
-    Ok(SecureStream {
-        info,
-        reader: Box::new(reader),
-        writer: Box::new(writer),
-        keep_alive: None,
-    })
-}
-
 /// A socket of `addr`'s family. IPv6 sockets are IPv6-only, so an IPv4 and an IPv6
 /// listener can share a port number without the kernel splitting connections between them.
 fn new_socket(addr: SocketAddr) -> Result<TcpSocket> {
@@ -523,7 +523,7 @@ fn new_socket(addr: SocketAddr) -> Result<TcpSocket> {
     })
 }
 
-fn configure_stream(stream: &TcpStream, keepalive: Option<Duration>) -> Result<()> {
+pub(crate) fn configure_stream(stream: &TcpStream, keepalive: Option<Duration>) -> Result<()> {
     stream.set_nodelay(true)?;
     if let Some(idle) = keepalive {
         let params = socket2::TcpKeepalive::new()
@@ -560,7 +560,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let ended = tokio::time::timeout(
             Duration::from_secs(5),
-            accept_loop(
+            accept::accept_loop(
                 listener,
                 transport.acceptor.clone(),
                 transport.config.clone(),
