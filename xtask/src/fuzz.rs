@@ -185,10 +185,14 @@ fn run_target(xtask: &Xtask, dir: &Path, target: &str, seconds: u64) -> Result<O
         .and_then(|n| n.trim().parse().ok());
     let crashed = !out.status.success();
     if crashed {
-        // libFuzzer's report (the panic, the input's path) is the useful part: show it.
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        for line in tail.into_iter().rev() {
-            eprintln!("    {line}");
+        // libFuzzer's report (the panic, the input's path) and cargo-fuzz's reproduction
+        // hint are the useful part: show their ends.
+        let hint = String::from_utf8_lossy(&out.stdout);
+        for text in [&*log, &*hint] {
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("    {line}");
+            }
         }
     }
     Ok(Outcome {
