@@ -216,6 +216,26 @@ struct CacheFile {
     entries: Vec<CacheEntry>,
 }
 
+/// Parses the bytes of a cache file into its entries; the error says what is wrong.
+pub(crate) fn parse_cache_file(bytes: &[u8]) -> std::result::Result<Vec<CacheEntry>, String> {
+    let file = serde_json::from_slice::<CacheFile>(bytes).map_err(|e| e.to_string())?;
+    if file.version == CACHE_FORMAT_VERSION {
+        Ok(file.entries)
+    } else {
+        Err(format!("unsupported cache format version {}", file.version))
+    }
+}
+
+/// The on-disk bytes of a cache holding `entries` (pretty JSON, as [`BootstrapCache::save`]
+/// writes).
+pub(crate) fn encode_cache_file(entries: &[CacheEntry]) -> Result<Vec<u8>> {
+    let file = CacheFile {
+        version: CACHE_FORMAT_VERSION,
+        entries: entries.to_vec(),
+    };
+    serde_json::to_vec_pretty(&file).map_err(Error::Encode)
+}
+
 /// The bootstrap cache file: a [`PeerCache`] plus where it is stored.
 ///
 /// Saves are atomic (a temporary file in the same directory, synced, then renamed over the
@@ -269,16 +289,7 @@ impl BootstrapCache {
                 return (Self::new(path, max_entries), outcome);
             }
         };
-        let parsed = serde_json::from_slice::<CacheFile>(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|file| {
-                if file.version == CACHE_FORMAT_VERSION {
-                    Ok(file.entries)
-                } else {
-                    Err(format!("unsupported cache format version {}", file.version))
-                }
-            });
-        match parsed {
+        match parse_cache_file(&bytes) {
             Ok(entries) => {
                 let peers = PeerCache::from_entries(max_entries, entries);
                 let outcome = LoadOutcome::Loaded {
@@ -302,11 +313,7 @@ impl BootstrapCache {
 
     /// Writes the cache to its file atomically (creating the directory if needed).
     pub fn save(&self) -> Result<()> {
-        let file = CacheFile {
-            version: CACHE_FORMAT_VERSION,
-            entries: self.peers.entries().to_vec(),
-        };
-        let json = serde_json::to_vec_pretty(&file).map_err(Error::Encode)?;
+        let json = encode_cache_file(self.peers.entries())?;
         write_atomically(&self.path, &json)
     }
 

@@ -48,6 +48,9 @@ mod cache;
 mod config;
 mod discovery;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use cache::{

@@ -46,6 +46,9 @@ mod error;
 mod event;
 mod events;
 mod filtering;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod listen;
 mod liveness;
 mod node;

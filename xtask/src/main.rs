@@ -14,12 +14,16 @@
 //! * `cargo xtask bench [--quick] [ARGS]...`: runs the loopback benchmark
 //!   (`crust/benches/bench.rs`) in release mode; prints a table and writes it as
 //!   JSON to `target/bench/latest.json`.
+//! * `cargo xtask fuzz [--seconds N] [--target T]...`: runs the cargo-fuzz targets of
+//!   `fuzz/` (every parser of peer or disk input) for N seconds each (`src/fuzz.rs`);
+//!   prints executions, crashes and time per target.
 //! * `cargo xtask natlab [--quick] [--keep] [--clean] [--ci]`: the NAT lab
 //!   (`src/natlab/`): `crust-peer` nodes behind real Linux NAT in network
 //!   namespaces (root); prints a matrix and writes `target/natlab/latest.json`.
 //!   `test` runs `natlab --quick --ci` last (a skip with its reason when not root).
 #![forbid(unsafe_code)]
 
+mod fuzz;
 mod natlab;
 
 use std::ffi::OsString;
@@ -72,6 +76,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz every parser of peer or disk input (cargo-fuzz targets in `fuzz/`).
+    ///
+    /// Runs each target for `--seconds` (default 10) and prints executions, crashes and
+    /// time per target; fails when one crashed (inputs in `fuzz/artifacts/<target>/`).
+    /// Installs cargo-fuzz when missing, and works on the stable toolchain
+    /// (`RUSTC_BOOTSTRAP=1`, no sanitizer).
+    Fuzz(fuzz::FuzzArgs),
     /// Run the NAT lab: crust-peer nodes behind real Linux NAT in network namespaces (root).
     ///
     /// Prints a matrix (cells: observed addresses, filtering, direct dials between NAT
@@ -128,6 +139,7 @@ fn run(task: Task) -> Result<()> {
             cmd.arg("--").args(args);
             xtask.run(cmd)
         }
+        Task::Fuzz(args) => fuzz::run(&xtask, &args),
         Task::Natlab(args) => natlab::run(&xtask, &args),
         Task::NatlabStun { primary, alternate } => natlab::upnp::serve_stun(primary, alternate),
     }

@@ -17,6 +17,8 @@ use crust_core::wire::FrameKind;
 
 mod coordinator;
 mod driver;
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing;
 mod messages;
 mod plan;
 
