@@ -34,6 +34,14 @@ pub(crate) struct FuzzArgs {
     /// Fail, rather than skip, when cargo-fuzz is missing and cannot be installed.
     #[arg(long)]
     pub(crate) require: bool,
+    /// Stop each target after this many executions (`--seconds` then only caps the time).
+    /// With `--seed`, a run is repeatable: CI's smoke uses both, so it cannot fail by
+    /// chance on an input nobody can reproduce.
+    #[arg(long, value_name = "N")]
+    pub(crate) runs: Option<u64>,
+    /// libFuzzer's random seed (default: a new one each run).
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
 }
 
 /// What one target's run gave.
@@ -71,7 +79,7 @@ pub(crate) fn run(xtask: &Xtask, args: &FuzzArgs) -> Result<()> {
 
     let mut outcomes = Vec::with_capacity(targets.len());
     for target in &targets {
-        outcomes.push(run_target(xtask, &dir, target, args.seconds)?);
+        outcomes.push(run_target(xtask, &dir, target, args)?);
     }
 
     println!(
@@ -159,7 +167,8 @@ fn list_targets(xtask: &Xtask, dir: &Path) -> Result<Vec<String>> {
 
 /// Fuzzes one target for `seconds`, new inputs going to `fuzz/target/corpus/<target>` and
 /// the checked-in seeds read from `fuzz/corpus/<target>`.
-fn run_target(xtask: &Xtask, dir: &Path, target: &str, seconds: u64) -> Result<Outcome> {
+fn run_target(xtask: &Xtask, dir: &Path, target: &str, args: &FuzzArgs) -> Result<Outcome> {
+    let seconds = args.seconds;
     let work = dir.join("target").join("corpus").join(target);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let seeds = dir.join("corpus").join(target);
@@ -169,6 +178,8 @@ fn run_target(xtask: &Xtask, dir: &Path, target: &str, seconds: u64) -> Result<O
         .arg(&seeds)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
+        .args(args.runs.map(|n| format!("-runs={n}")))
+        .args(args.seed.map(|n| format!("-seed={n}")))
         .arg("-print_final_stats=1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
