@@ -20,13 +20,13 @@ use super::messages::{
 use super::plan::{Attempt, PunchLimits, attempts};
 use super::{PUNCH_FRAME, PunchFailure};
 use crate::conn_task::Cause;
-use crate::node::{ConnHandle, Node};
+use crate::node::Node;
 use crate::{Error, Result};
 
 /// How long we wait for the coordinator's answer (it relays to the peer and back).
 pub(crate) const COORDINATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an answered offer waits for the initiator's go.
-const GO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const GO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the punches themselves run.
 pub(crate) const PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a dial to one of the peer's mapped endpoints may take before we punch instead.
@@ -36,33 +36,33 @@ const MAX_COORDINATORS: usize = 4;
 
 /// The answer to one of our requests.
 #[derive(Debug)]
-enum Reply {
+pub(super) enum Reply {
     Answered { observed: Endpoint, info: PunchInfo },
     Refused { by: PeerId, reason: RefuseReason },
 }
 
 #[derive(Debug)]
-struct Outgoing {
-    coordinator: PeerId,
-    target: PeerId,
-    reply: oneshot::Sender<Reply>,
+pub(super) struct Outgoing {
+    pub(super) coordinator: PeerId,
+    pub(super) target: PeerId,
+    pub(super) reply: oneshot::Sender<Reply>,
 }
 
 /// Hole-punch state of a node: as coordinator, initiator and responder.
 #[derive(Debug, Default)]
 pub(crate) struct PunchState {
-    coordinator: Coordinator,
-    limits: PunchLimits,
+    pub(super) coordinator: Coordinator,
+    pub(super) limits: PunchLimits,
     /// Our requests waiting for the coordinator's reply, by id.
-    outgoing: HashMap<u64, Outgoing>,
+    pub(super) outgoing: HashMap<u64, Outgoing>,
     /// Offers we answered, waiting for the go from their coordinator, by (initiator, id).
-    awaiting_go: HashMap<(PeerId, u64), (PeerId, oneshot::Sender<()>)>,
+    pub(super) awaiting_go: HashMap<(PeerId, u64), (PeerId, oneshot::Sender<()>)>,
     /// Punches running per peer (either side).
-    active: HashMap<PeerId, usize>,
+    pub(super) active: HashMap<PeerId, usize>,
 }
 
 /// Takes part in one punch with a peer: released (limits, active set) when dropped.
-struct Slot {
+pub(super) struct Slot {
     node: Arc<Node>,
     peer: PeerId,
 }
@@ -82,7 +82,7 @@ impl Drop for Slot {
 
 /// An unpredictable 64-bit value (request ids, probe nonces), from the standard library's
 /// randomly keyed SipHash.
-fn random_u64() -> u64 {
+pub(super) fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -99,7 +99,7 @@ impl Node {
         self.punch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn send_punch(&self, to: PeerId, message: &PunchMessage) -> bool {
+    pub(super) fn send_punch(&self, to: PeerId, message: &PunchMessage) -> bool {
         let sender = self
             .registry()
             .active(to)
@@ -112,7 +112,7 @@ impl Node {
 
     /// A slot for a punch with `peer`, unless the limits say no or one runs already
     /// (`crossing`: ours runs, but the peer's goes on instead).
-    fn punch_slot(self: &Arc<Self>, peer: PeerId, crossing: bool) -> Option<Slot> {
+    pub(super) fn punch_slot(self: &Arc<Self>, peer: PeerId, crossing: bool) -> Option<Slot> {
         let mut state = self.punch_state();
         let running = state.active.get(&peer).copied().unwrap_or(0);
         if running > usize::from(crossing) || !state.limits.admit(peer, Instant::now()) {
@@ -126,7 +126,7 @@ impl Node {
     }
 
     /// What we tell a peer about ourselves for a punch.
-    fn punch_info(&self, nonce: u64) -> PunchInfo {
+    pub(super) fn punch_info(&self, nonce: u64) -> PunchInfo {
         let (reachability, mapped) = {
             let state = self.reachability();
             (
@@ -167,233 +167,6 @@ impl Node {
             nonce,
             candidates,
         }
-    }
-
-    /// A coordination message from `peer` (on `conn`).
-    pub(crate) fn handle_punch_frame(
-        self: &Arc<Self>,
-        peer: PeerId,
-        conn: &ConnHandle,
-        payload: &[u8],
-    ) {
-        let Ok(message) = PunchMessage::decode(payload) else {
-            tracing::debug!(%peer, "ignoring a malformed hole-punch message");
-            return;
-        };
-        let now = Instant::now();
-        let observed = conn.sender.info().remote_endpoint();
-        match message {
-            // As the coordinator.
-            PunchMessage::Request { id, target, info } => {
-                let connected = self.registry().contains(target);
-                let verdict = self
-                    .punch_state()
-                    .coordinator
-                    .request(peer, id, target, connected, now);
-                let forwarded = verdict.and_then(|()| {
-                    let offer = PunchMessage::Offer {
-                        id,
-                        origin: peer,
-                        observed,
-                        info,
-                    };
-                    if self.send_punch(target, &offer) {
-                        Ok(())
-                    } else {
-                        Err(RefuseReason::TargetNotConnected)
-                    }
-                });
-                if let Err(reason) = forwarded {
-                    tracing::debug!(%peer, %target, reason = reason.name(), "hole-punch request refused");
-                    conn.sender.try_send_frame(
-                        PUNCH_FRAME,
-                        PunchMessage::Refused {
-                            id,
-                            by: self.peer_id(),
-                            reason,
-                        }
-                        .encode(),
-                    );
-                } else {
-                    tracing::debug!(initiator = %peer, %target, "relaying a hole-punch request");
-                }
-            }
-            PunchMessage::Answer { id, origin, info } => {
-                if self.punch_state().coordinator.answer(peer, origin, id, now) {
-                    let answered = PunchMessage::Answered {
-                        id,
-                        responder: peer,
-                        observed,
-                        info,
-                    };
-                    self.send_punch(origin, &answered);
-                }
-            }
-            PunchMessage::Decline { id, origin, reason } => {
-                if self
-                    .punch_state()
-                    .coordinator
-                    .decline(peer, origin, id, now)
-                {
-                    let refused = PunchMessage::Refused {
-                        id,
-                        by: peer,
-                        reason,
-                    };
-                    self.send_punch(origin, &refused);
-                }
-            }
-            PunchMessage::Sync { id, target } => {
-                if self.punch_state().coordinator.sync(peer, id, target, now) {
-                    self.send_punch(target, &PunchMessage::Go { id, origin: peer });
-                }
-            }
-            // As the initiator.
-            PunchMessage::Answered {
-                id,
-                responder,
-                observed,
-                info,
-            } => self.deliver_reply(peer, id, responder, Reply::Answered { observed, info }),
-            PunchMessage::Refused { id, by, reason } => {
-                // The coordinator speaks for itself or for the target.
-                let mut state = self.punch_state();
-                let ours = state
-                    .outgoing
-                    .get(&id)
-                    .is_some_and(|o| o.coordinator == peer && (by == peer || by == o.target));
-                if ours {
-                    if let Some(outgoing) = state.outgoing.remove(&id) {
-                        let _ = outgoing.reply.send(Reply::Refused { by, reason });
-                    }
-                }
-            }
-            // As the responder.
-            PunchMessage::Offer {
-                id,
-                origin,
-                observed,
-                info,
-            } => self.on_offer(peer, conn, id, origin, observed, info),
-            PunchMessage::Go { id, origin } => {
-                // Only the coordinator that relayed the offer may say go.
-                let mut state = self.punch_state();
-                if state
-                    .awaiting_go
-                    .get(&(origin, id))
-                    .is_some_and(|(coordinator, _)| *coordinator == peer)
-                {
-                    if let Some((_, go)) = state.awaiting_go.remove(&(origin, id)) {
-                        let _ = go.send(());
-                    }
-                }
-            }
-        }
-    }
-
-    fn deliver_reply(&self, coordinator: PeerId, id: u64, responder: PeerId, reply: Reply) {
-        let mut state = self.punch_state();
-        let ours = state
-            .outgoing
-            .get(&id)
-            .is_some_and(|o| o.coordinator == coordinator && o.target == responder);
-        if ours {
-            if let Some(outgoing) = state.outgoing.remove(&id) {
-                let _ = outgoing.reply.send(reply);
-            }
-        }
-    }
-
-    /// `origin` wants to punch to us, introduced by `coordinator`.
-    fn on_offer(
-        self: &Arc<Self>,
-        coordinator: PeerId,
-        conn: &ConnHandle,
-        id: u64,
-        origin: PeerId,
-        observed: Endpoint,
-        theirs: PunchInfo,
-    ) {
-        let decline = |reason: RefuseReason| {
-            tracing::debug!(%origin, reason = reason.name(), "declining a hole punch");
-            conn.sender.try_send_frame(
-                PUNCH_FRAME,
-                PunchMessage::Decline { id, origin, reason }.encode(),
-            );
-        };
-        if origin == self.peer_id() {
-            return;
-        }
-        if !self
-            .punch_state()
-            .limits
-            .admit_offer(coordinator, Instant::now())
-        {
-            return decline(RefuseReason::TargetBusy);
-        }
-        if self.registry().contains(origin) {
-            return decline(RefuseReason::AlreadyConnected);
-        }
-        let crossing = self
-            .punch_state()
-            .outgoing
-            .values()
-            .any(|o| o.target == origin);
-        if crossing && self.peer_id() < origin {
-            // Both asked at once: the attempt of the lower id goes on.
-            return decline(RefuseReason::Crossed);
-        }
-        let ours = self.punch_info(random_u64());
-        let plan = match attempts(&ours, &theirs, observed, false) {
-            Ok(plan) => plan,
-            Err(_) => return decline(RefuseReason::BothSymmetric),
-        };
-        let Some(slot) = self.punch_slot(origin, crossing) else {
-            return decline(RefuseReason::TargetBusy);
-        };
-        let (go_tx, go_rx) = oneshot::channel();
-        self.punch_state()
-            .awaiting_go
-            .insert((origin, id), (coordinator, go_tx));
-        conn.sender.try_send_frame(
-            PUNCH_FRAME,
-            PunchMessage::Answer {
-                id,
-                origin,
-                info: ours.clone(),
-            }
-            .encode(),
-        );
-        tracing::debug!(%origin, %coordinator, "answered a hole-punch offer");
-        let node = self.clone();
-        self.tasks.spawn(async move {
-            let _slot = slot;
-            let go = tokio::select! {
-                go = tokio::time::timeout(GO_TIMEOUT, go_rx) => matches!(go, Ok(Ok(()))),
-                _ = node.shutdown.cancelled() => false,
-            };
-            node.punch_state().awaiting_go.remove(&(origin, id));
-            if !go {
-                tracing::debug!(%origin, "no go for an answered hole punch");
-                return;
-            }
-            let classes = (ours.nat.class, theirs.nat.class);
-            match node
-                .run_attempts(
-                    origin,
-                    plan,
-                    (ours.nonce, theirs.nonce),
-                    classes,
-                    Duration::ZERO,
-                )
-                .await
-            {
-                Ok(_) => tracing::info!(peer = %origin, "hole punch succeeded (responder)"),
-                Err(e) => {
-                    tracing::info!(peer = %origin, error = %e, "hole punch failed (responder)")
-                }
-            }
-        });
     }
 
     /// Connects to `target` by a hole punch, asking our connected peers in turn to
@@ -588,7 +361,7 @@ impl Node {
 
     /// Runs the punches of a plan side by side; the first connection wins and is
     /// registered, the others are stopped.
-    async fn run_attempts(
+    pub(super) async fn run_attempts(
         self: &Arc<Self>,
         peer: PeerId,
         plan: Vec<Attempt>,

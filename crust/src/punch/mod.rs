@@ -6,6 +6,7 @@
 //!   allows (pure);
 //! - `plan.rs`: which punches to run given both sides' NATs, and how many a node takes
 //!   part in (pure);
+//! - `handler.rs`: coordination messages as they arrive (relaying, replies, offers);
 //! - `driver.rs`: the async side: asking, relaying, answering, then running the punches
 //!   through the transports ([`Transport::punch`](crust_core::Transport::punch)), which do
 //!   the packet work on their own listening sockets.
@@ -19,6 +20,7 @@ mod coordinator;
 mod driver;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing;
+mod handler;
 mod messages;
 mod plan;
 
