@@ -10,6 +10,7 @@
 
 use super::*;
 use crate::natlab::expect::PunchProtocol;
+use crate::natlab::node::Event as NodeEvent;
 
 /// Deadline for a node to learn its NAT class after connecting to two observers.
 const CLASSIFIED: Duration = Duration::from_secs(10);
@@ -28,6 +29,32 @@ struct Trial {
     path: String,
     error: Option<String>,
     elapsed: Duration,
+}
+
+/// Sends `connect <peer>` (by `PeerId` alone) to `from` and waits for its answer
+/// (`connected` or the command's `error`). Returns the answer, the time from the command
+/// to it, and the event position the wait started from.
+fn connect_by_id(from: &Node, peer: &str) -> Result<(NodeEvent, Duration, u64)> {
+    let marked = from.mark();
+    let sent = Instant::now();
+    from.send(&format!("connect {peer}"))?;
+    let prefix = format!("connect {peer}:");
+    let answer = from.wait_for(marked, PUNCH_ANSWER, "the answer to connect by id", |e| {
+        (e.name() == "connected" && e.str("peer") == peer)
+            || (e.name() == "error" && e.str("message").starts_with(&prefix))
+    })?;
+    let elapsed = answer.at.saturating_duration_since(sent);
+    Ok((answer, elapsed, marked))
+}
+
+/// The reason of a failed `connect <peer>`, without the command's prefix.
+fn connect_error(answer: &NodeEvent, peer: &str) -> String {
+    let message = answer.str("message");
+    message
+        .strip_prefix(&format!("connect {peer}:"))
+        .unwrap_or(message)
+        .trim()
+        .to_owned()
 }
 
 impl Ctx<'_> {
@@ -204,15 +231,7 @@ impl Ctx<'_> {
             p.rendezvous
                 .inbound_from(pub_mark, &node.peer_id, FOLLOW_UP)?;
         }
-        let marked = a1.mark();
-        let sent = Instant::now();
-        a1.send(&format!("connect {}", b1.peer_id))?;
-        let prefix = format!("connect {}:", b1.peer_id);
-        let answer = a1.wait_for(marked, PUNCH_ANSWER, "the answer to connect by id", |e| {
-            (e.name() == "connected" && e.str("peer") == b1.peer_id)
-                || (e.name() == "error" && e.str("message").starts_with(&prefix))
-        })?;
-        let elapsed = answer.at.saturating_duration_since(sent);
+        let (answer, elapsed, marked) = connect_by_id(&a1, &b1.peer_id)?;
         let trial = if answer.name() == "connected" {
             let new_peer = a1.wait_for(marked, FOLLOW_UP, "new_peer for b1", |e| {
                 e.name() == "new_peer" && e.str("peer") == b1.peer_id
@@ -227,14 +246,7 @@ impl Ctx<'_> {
             Trial {
                 connected: false,
                 path: answer.str("reason_kind").to_owned(),
-                error: Some(
-                    answer
-                        .str("message")
-                        .strip_prefix(&prefix)
-                        .unwrap_or(answer.str("message"))
-                        .trim()
-                        .to_owned(),
-                ),
+                error: Some(connect_error(&answer, &b1.peer_id)),
                 elapsed,
             }
         };
@@ -292,17 +304,9 @@ impl Ctx<'_> {
             p.rendezvous
                 .inbound_from(pub_mark, &node.peer_id, FOLLOW_UP)?;
         }
-        let marked = b1.mark();
-        let sent = Instant::now();
-        b1.send(&format!("connect {}", a1.peer_id))?;
-        let prefix = format!("connect {}:", a1.peer_id);
-        let answer = b1.wait_for(marked, PUNCH_ANSWER, "the answer to connect by id", |e| {
-            (e.name() == "connected" && e.str("peer") == a1.peer_id)
-                || (e.name() == "error" && e.str("message").starts_with(&prefix))
-        })?;
-        let elapsed = answer.at.saturating_duration_since(sent);
+        let (answer, elapsed, _) = connect_by_id(&b1, &a1.peer_id)?;
         let path = answer.str("path").to_owned();
-        let error = (answer.name() == "error").then(|| answer.str("message").to_owned());
+        let error = (answer.name() == "error").then(|| connect_error(&answer, &a1.peer_id));
         b1.quit();
         a1.quit();
         drop(gateway);
