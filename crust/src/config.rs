@@ -113,6 +113,13 @@ pub struct ServiceConfig {
     /// Default 4096; at least 1. Events caused by the application's own calls (`connect`,
     /// `disconnect`, `ban`) never wait and may exceed it.
     pub event_queue_len: usize,
+    /// Message payload bytes buffered for the application before readers wait. Default
+    /// 64 MiB; at least 1. One message always fits into an empty queue, whatever its size
+    /// (up to the connection's `max_message_size`). Together with the per-connection bound
+    /// (a reader holds at most one batch of under 256 KiB plus one message, or one message
+    /// being received), this bounds the memory peers can make us hold however fast they
+    /// send: what the application does not take slows the senders down instead.
+    pub event_queue_bytes: usize,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
     /// How often every connection is pinged (round-trip time, liveness). Default 2 s.
@@ -166,6 +173,7 @@ impl Default for ServiceConfig {
             rate_limit: RateLimit::default(),
             flood_action: FloodAction::Ban,
             event_queue_len: 4096,
+            event_queue_bytes: 64 * 1024 * 1024,
             max_peers: 10_000,
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(8),
@@ -273,6 +281,12 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
     pub fn with_event_queue_len(mut self, len: usize) -> Self {
         self.event_queue_len = len.max(1);
+        self
+    }
+
+    /// Sets [`ServiceConfig::event_queue_bytes`] (at least 1).
+    pub fn with_event_queue_bytes(mut self, bytes: usize) -> Self {
+        self.event_queue_bytes = bytes.max(1);
         self
     }
 

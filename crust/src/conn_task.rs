@@ -22,6 +22,9 @@ use crate::{Error, Event, Result};
 
 /// Most events a connection's reader hands over in one batch.
 pub(crate) const EVENT_BATCH: usize = crate::events::MAX_WAITING_BATCH;
+/// Message bytes after which a reader hands its batch over (a batch holds less than this
+/// plus one message).
+const EVENT_BATCH_BYTES: usize = crate::events::MAX_WAITING_BATCH_BYTES;
 
 /// Who caused a registration: the application's own call (its events never wait for room
 /// in the event queue) or a peer (they do: backpressure).
@@ -206,6 +209,7 @@ impl Node {
                 }
             };
             let mut next = first.map(Some);
+            let mut batch_bytes = 0;
             // Then take whatever else already arrived, and hand it over as one batch.
             loop {
                 let frame = match next {
@@ -237,10 +241,13 @@ impl Node {
                     meter = RateMeter::new(&self.config.rate_limit, Instant::now());
                 }
                 match frame.kind {
-                    FrameKind::Message => batch.push(Event::Message {
-                        peer,
-                        payload: frame.payload,
-                    }),
+                    FrameKind::Message => {
+                        batch_bytes += frame.payload.len();
+                        batch.push(Event::Message {
+                            peer,
+                            payload: frame.payload,
+                        });
+                    }
                     FrameKind::Ping => {
                         // Never wait on a peer that pings faster than it reads.
                         handle.sender.try_send_frame(FrameKind::Pong, frame.payload);
@@ -323,7 +330,7 @@ impl Node {
                         }
                     }
                 }
-                if batch.len() >= EVENT_BATCH {
+                if batch.len() >= EVENT_BATCH || batch_bytes >= EVENT_BATCH_BYTES {
                     break;
                 }
                 next = receiver.try_recv_frame();

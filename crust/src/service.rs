@@ -151,7 +151,7 @@ impl Service {
             transports.into_iter().map(Arc::from).collect();
         // Stable sort: TCP first, everything else after, keeping the caller's order otherwise.
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
-        let queue = EventQueue::new(config.event_queue_len.max(1));
+        let queue = EventQueue::new(config.event_queue_len, config.event_queue_bytes);
         let node = Arc::new(Node::new(identity, config, transports, queue.clone()));
         let events = Events::new(queue, node.stopped.clone());
         Ok((

@@ -75,6 +75,7 @@
 //! crust-peer --loopback --beacon              # two of these find each other
 //! ```
 
+mod allocator;
 mod commands;
 mod printer;
 
@@ -470,8 +471,13 @@ async fn run(args: Args, printer: Printer) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn main() -> std::process::ExitCode {
+    allocator::return_large_buffers_to_the_os();
+    run_main()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn run_main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -42,6 +42,34 @@ impl Printer {
         }
     }
 
+    /// Prints a `message` line straight to stdout: a message may be 16 MiB, and building
+    /// the line first would copy it twice more (a JSON value, then the line), memory the
+    /// allocator may keep long after.
+    fn message(&self, peer: crust::PeerId, payload: &[u8]) {
+        if STDOUT_CLOSED.is_cancelled() {
+            return;
+        }
+        let text = String::from_utf8_lossy(payload);
+        let out = std::io::stdout().lock();
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+        let written = if self.json {
+            // Keys as `event_first` orders them: "event", then the others sorted.
+            write!(
+                out,
+                r#"{{"event":"message","len":{},"peer":"{peer}","text":"#,
+                payload.len()
+            )
+            .and_then(|()| serde_json::to_writer(&mut out, text.as_ref()).map_err(Into::into))
+            .and_then(|()| writeln!(out, "}}"))
+        } else {
+            writeln!(out, "message {} {:?}", peer.short(), text.as_ref())
+        };
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            tracing::info!(error = %e, "stdout is closed; shutting down");
+            STDOUT_CLOSED.cancel();
+        }
+    }
+
     pub(crate) fn warning(&self, message: impl std::fmt::Display) {
         let message = message.to_string();
         tracing::warn!("{message}");
@@ -91,13 +119,7 @@ impl Printer {
                 json!({"event": "lost_peer", "peer": peer, "reason": reason.to_string(), "reason_kind": reason.kind()}),
                 || format!("lost-peer {} {:?}", peer.short(), reason.to_string()),
             ),
-            Event::Message { peer, payload } => {
-                let text = String::from_utf8_lossy(payload);
-                self.emit(
-                    json!({"event": "message", "peer": peer, "text": text, "len": payload.len()}),
-                    || format!("message {} {text:?}", peer.short()),
-                )
-            }
+            Event::Message { peer, payload } => self.message(*peer, payload),
             Event::ConnectFailed {
                 endpoints,
                 peer,
