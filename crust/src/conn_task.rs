@@ -15,8 +15,8 @@ use crate::config::FloodAction;
 use crate::liveness::{Liveness, LivenessAction, decode_nonce, encode_nonce};
 use crate::node::{ConnHandle, DiscoveryReport, MANUAL_PING_BIT, Node};
 use crate::observed::usable_observed_address;
-use crate::rate::{Exceeded, RateMeter};
-use crate::reason::{FloodLimit, LostReason};
+use crate::rate::RateMeter;
+use crate::reason::LostReason;
 use crate::registry::{Admission, Ended, Refusal};
 use crate::{Error, Event, Result};
 
@@ -220,11 +220,7 @@ impl Node {
                         return LostReason::from_read_error(&e);
                     }
                 };
-                if let Err(exceeded) = meter.on_message(frame.payload.len()) {
-                    let limit = match exceeded {
-                        Exceeded::Messages => FloodLimit::Messages,
-                        Exceeded::Bytes => FloodLimit::Bytes,
-                    };
+                if let Err(limit) = meter.on_frame(frame.kind, frame.payload.len()) {
                     let ban = self.config.flood_action == FloodAction::Ban;
                     tracing::warn!(%peer, %limit, ban, "peer exceeds the rate limit");
                     batch.push(Event::FloodDetected {

@@ -15,14 +15,17 @@ pub enum FloodLimit {
     Messages,
     /// Too many bytes per second.
     Bytes,
+    /// Too many control frames (frames that carry no application message) per second.
+    ControlFrames,
 }
 
 impl FloodLimit {
-    /// `"messages"` or `"bytes"`.
+    /// `"messages"`, `"bytes"` or `"control_frames"`.
     pub const fn as_str(&self) -> &'static str {
         match self {
             FloodLimit::Messages => "messages",
             FloodLimit::Bytes => "bytes",
+            FloodLimit::ControlFrames => "control_frames",
         }
     }
 }
