@@ -168,6 +168,10 @@ pub struct ServiceConfig {
     /// being received), this bounds the memory peers can make us hold however fast they
     /// send: what the application does not take slows the senders down instead.
     pub event_queue_bytes: usize,
+    /// Relayed connections: whether we relay for others (within limits), use relays and
+    /// accept relayed connections. Default [`RelayConfig::default`](crate::RelayConfig):
+    /// all three, at most 64 circuits (8 per peer), 1 GiB and 1 hour per circuit.
+    pub relay: crate::RelayConfig,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
     /// How often every connection is pinged (round-trip time, liveness). Default 2 s.
@@ -222,6 +226,7 @@ impl Default for ServiceConfig {
             flood_action: FloodAction::Ban,
             event_queue_len: 4096,
             event_queue_bytes: 64 * 1024 * 1024,
+            relay: crate::RelayConfig::default(),
             max_peers: 10_000,
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(8),
@@ -329,6 +334,12 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
     pub fn with_event_queue_len(mut self, len: usize) -> Self {
         self.event_queue_len = len.max(1);
+        self
+    }
+
+    /// Sets [`ServiceConfig::relay`].
+    pub fn with_relay(mut self, relay: crate::RelayConfig) -> Self {
+        self.relay = relay;
         self
     }
 

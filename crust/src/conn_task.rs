@@ -71,12 +71,16 @@ impl Node {
             tracing::info_span!("connection", %peer, id = handle.id, protocol = %info.protocol);
         self.tasks
             .spawn(self.clone().run(handle.clone(), receiver).instrument(span));
+        let relayed = matches!(info.path, crust_core::ConnectionPath::Relayed { .. });
         // Tell the peer where we see it (NAT traversal hint); a fresh connection has room.
-        handle.sender.try_send_frame(
-            FrameKind::ObservedAddress,
-            crust_core::wire::encode_observed_address(info.remote_addr),
-        );
-        if info.direction == Direction::Outbound {
+        // Not through a relay: we do not see the peer's address then.
+        if !relayed {
+            handle.sender.try_send_frame(
+                FrameKind::ObservedAddress,
+                crust_core::wire::encode_observed_address(info.remote_addr),
+            );
+        }
+        if info.direction == Direction::Outbound && !relayed {
             // Only a connection we dialled proves the peer is reachable at that endpoint.
             self.address_book()
                 .confirm(peer, info.remote_endpoint(), Instant::now());
@@ -179,8 +183,13 @@ impl Node {
         let timer = tokio::time::sleep_until(start.into());
         tokio::pin!(timer);
         let mut batch = Vec::new();
-        // A connection carries one observed address; later ones are ignored.
+        // A connection carries one observed address; later ones are ignored, and so are
+        // any on a relayed connection (its addresses are those of the link to the relay).
         let mut observation_seen = false;
+        let relayed = matches!(
+            receiver.info().path,
+            crust_core::ConnectionPath::Relayed { .. }
+        );
         loop {
             // Shutdown aborts every connection, which ends this wait too.
             let first = tokio::select! {
@@ -220,7 +229,14 @@ impl Node {
                         return LostReason::from_read_error(&e);
                     }
                 };
-                if let Err(limit) = meter.on_frame(frame.kind, frame.payload.len()) {
+                // Circuit bytes are application data on their way (bounded by the circuits'
+                // windows and limits), not control work.
+                let metered = if frame.kind == crate::relay::RELAY_FRAME {
+                    FrameKind::Message
+                } else {
+                    frame.kind
+                };
+                if let Err(limit) = meter.on_frame(metered, frame.payload.len()) {
                     let ban = self.config.flood_action == FloodAction::Ban;
                     tracing::warn!(%peer, %limit, ban, "peer exceeds the rate limit");
                     batch.push(Event::FloodDetected {
@@ -265,7 +281,7 @@ impl Node {
                     FrameKind::Superseded => {
                         self.registry().mark_superseded(peer, handle.id);
                     }
-                    FrameKind::ObservedAddress if observation_seen => {
+                    FrameKind::ObservedAddress if observation_seen || relayed => {
                         tracing::debug!(%peer, "ignoring a repeated observed address");
                     }
                     FrameKind::ObservedAddress => {
@@ -319,6 +335,9 @@ impl Node {
                     }
                     crate::punch::PUNCH_FRAME => {
                         self.handle_punch_frame(peer, handle, &frame.payload);
+                    }
+                    crate::relay::RELAY_FRAME => {
+                        self.handle_relay_frame(peer, &frame.payload);
                     }
                     other => {
                         if !self.control.dispatch(other, peer, frame.payload) {

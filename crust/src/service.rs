@@ -511,6 +511,11 @@ impl Service {
         self.node.ban(peers, LostReason::Banned)
     }
 
+    /// Circuits this node relays for others right now (see [`RelayConfig`](crate::RelayConfig)).
+    pub fn relayed_circuits(&self) -> usize {
+        self.node.relay_state().circuits()
+    }
+
     /// True when `peer` is banned.
     pub fn is_banned(&self, peer: PeerId) -> bool {
         self.node.registry().is_banned(peer)

@@ -106,6 +106,7 @@ impl Printer {
                     "direction": direction_str(*direction),
                     "protocol": protocol.as_str(),
                     "path": path.as_str(),
+                    "via": via(*path),
                 }),
                 || {
                     format!(
@@ -214,6 +215,14 @@ pub(crate) fn event_first(mut value: Value) -> String {
             }
         }
         None => value.to_string(),
+    }
+}
+
+/// The relay of a relayed connection (`via` in JSON), else `None`.
+pub(crate) fn via(path: crust::ConnectionPath) -> Option<crust::PeerId> {
+    match path {
+        crust::ConnectionPath::Relayed { via } => Some(via),
+        _ => None,
     }
 }
 
