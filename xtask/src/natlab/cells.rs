@@ -18,6 +18,7 @@ use super::topology::{self, Lab, Role, Router};
 use super::upnp;
 
 mod punch;
+mod relay;
 mod router;
 mod support;
 
@@ -84,6 +85,11 @@ pub(crate) enum Cell {
     /// `pub` sends to `r1`'s WAN port before `a1` uses it (an early punch); `a1`'s mapping
     /// towards `pub` must still keep its port (the WAN input firewall's job).
     EarlyPunch,
+    /// `a1` behind `r1` (first type) connects to `b1` behind `r2` (second type) by `PeerId`
+    /// where no punch works: through `pub` as a relay, many trials, a message each way.
+    Relay(NatType, NatType),
+    /// A relay allowing one circuit per peer refuses a second one with a typed reason.
+    RelayLimit,
 }
 
 impl Cell {
@@ -101,6 +107,8 @@ impl Cell {
             Cell::EarlyPunch => "early-punch/port-restricted".to_owned(),
             Cell::UpnpCrust => "upnp/crust-peer-maps".to_owned(),
             Cell::Ipv6Firewall => "ipv6/firewall".to_owned(),
+            Cell::Relay(a, b) => format!("relay/{a}->{b}"),
+            Cell::RelayLimit => "relay/limit".to_owned(),
         }
     }
 
@@ -118,6 +126,8 @@ impl Cell {
             }
         }
         cells.push(Cell::PunchMapped);
+        cells.push(Cell::Relay(NatType::Symmetric, NatType::Symmetric));
+        cells.push(Cell::RelayLimit);
         cells.push(Cell::DirectNone);
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
@@ -157,6 +167,8 @@ impl Cell {
             ),
             Cell::Punch(NatType::Symmetric, NatType::Symmetric, PunchProtocol::Udp),
             Cell::PunchMapped,
+            Cell::Relay(NatType::Symmetric, NatType::Symmetric),
+            Cell::RelayLimit,
             Cell::DirectNone,
             Cell::UpnpCrust,
             Cell::Ipv6Firewall,
@@ -235,6 +247,8 @@ impl Ctx<'_> {
             Cell::EarlyPunch => self.early_punch(&name),
             Cell::UpnpCrust => self.upnp_crust(&name),
             Cell::Ipv6Firewall => self.ipv6_firewall(&name),
+            Cell::Relay(a, b) => self.relay(&name, a, b),
+            Cell::RelayLimit => self.relay_limit(&name),
         };
         match result {
             Ok(mut report) => {

@@ -25,6 +25,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
         "measure the round-trip time to a connected peer",
     ),
     ("nat", "how we can be reached: NAT type, external endpoints"),
+    ("relays", "how many circuits we relay for other peers now"),
     ("send <peer> <text>", "send the rest of the line to a peer"),
     ("peers", "list connected peers"),
     ("disconnect <peer>", "close the connection to a peer"),
@@ -316,6 +317,12 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                     ));
                 }
                 out
+            });
+        }
+        "relays" => {
+            let circuits = service.relayed_circuits();
+            printer.emit(json!({"event": "relays", "circuits": circuits}), || {
+                format!("relays {circuits} circuits")
             });
         }
         "nat" => {
