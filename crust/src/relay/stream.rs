@@ -378,6 +378,99 @@ mod tests {
         assert!(e.to_string().contains("byte_limit"), "{e}");
     }
 
+    /// A relay that alters one byte of the circuit breaks the TLS session inside it: the
+    /// reader gets an error, never the altered data.
+    #[tokio::test]
+    async fn an_altering_relay_breaks_the_session_and_delivers_nothing_altered() {
+        use crust_core::{Identity, tls};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let client_id = Identity::generate().expect("identity");
+        let server_id = Identity::generate().expect("identity");
+        let provider = tls::default_crypto_provider();
+        let (client_config, _) = tls::client_config(
+            &client_id,
+            provider.clone(),
+            Some(server_id.peer_id()),
+            &[b"t"],
+        )
+        .expect("client config");
+        let server_config = tls::server_config(&server_id, provider, &[b"t"]).expect("server");
+        let (a_tx, mut a_out) = mpsc::unbounded_channel();
+        let (b_tx, mut b_out) = mpsc::unbounded_channel();
+        let (a, a_handle) = circuit_end(CircuitKey { ours: true, id: 1 }, a_tx, Box::new(|| {}));
+        let (b, b_handle) = circuit_end(CircuitKey { ours: false, id: 1 }, b_tx, Box::new(|| {}));
+        // A -> B: once the handshake is over, flip a byte of every data message. B -> A
+        // passes unchanged.
+        let data_seen = Arc::new(AtomicUsize::new(0));
+        let seen = data_seen.clone();
+        let tamper = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tampering = tamper.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = a_out.recv().await {
+                match RelayMessage::decode(&frame).expect("valid") {
+                    RelayMessage::Data { data, .. } => {
+                        let mut bytes = data.to_vec();
+                        if tampering.load(Ordering::SeqCst) {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            let last = bytes.len() - 1;
+                            bytes[last] ^= 0x40;
+                        }
+                        b_handle.shared.arrived(bytes.len());
+                        let _ = b_handle.incoming.send(Incoming::Data(Bytes::from(bytes)));
+                    }
+                    RelayMessage::Credit { bytes, .. } => b_handle.shared.credit(bytes),
+                    RelayMessage::Close { .. } => {
+                        let _ = b_handle.incoming.send(Incoming::Finished);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        tokio::spawn(pump(b_out_take(&mut b_out), a_handle));
+        let (handshake_done, handshake) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+            let mut tls = acceptor
+                .accept(b)
+                .await
+                .expect("handshake passes unaltered");
+            tamper.store(true, Ordering::SeqCst);
+            let _ = handshake_done.send(());
+            let mut got = Vec::new();
+            let result = tls.read_to_end(&mut got).await;
+            (result, got)
+        });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let mut tls = connector
+            .connect(tls::server_name(), a)
+            .await
+            .expect("client handshake");
+        handshake.await.expect("server handshake");
+        let _ = tls.write_all(b"pay 100 to alice").await;
+        let _ = tls.flush().await;
+        let _ = tls.shutdown().await;
+        let (result, got) = tokio::time::timeout(std::time::Duration::from_secs(60), server)
+            .await
+            .expect("the server ends")
+            .expect("server task");
+        assert!(
+            result.is_err(),
+            "altered bytes must fail the session: {result:?}"
+        );
+        assert!(got.is_empty(), "nothing altered delivered: {got:?}");
+        assert!(
+            data_seen.load(Ordering::SeqCst) >= 1,
+            "altered data went through"
+        );
+    }
+
+    /// Takes the receiver out (the pump owns it).
+    fn b_out_take(out: &mut mpsc::UnboundedReceiver<Bytes>) -> mpsc::UnboundedReceiver<Bytes> {
+        let (_, empty) = mpsc::unbounded_channel();
+        std::mem::replace(out, empty)
+    }
+
     #[test]
     fn data_beyond_the_window_is_refused() {
         let (tx, _out) = mpsc::unbounded_channel();
