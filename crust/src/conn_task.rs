@@ -26,6 +26,10 @@ pub(crate) const EVENT_BATCH: usize = crate::events::MAX_WAITING_BATCH;
 /// plus one message).
 const EVENT_BATCH_BYTES: usize = crate::events::MAX_WAITING_BATCH_BYTES;
 
+/// Longest a connection that replaces a relayed one waits for the relayed one to drain
+/// before reading (below the ping timeout, so the peer's liveness check never fires).
+const UPGRADE_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Who caused a registration: the application's own call (its events never wait for room
 /// in the event queue) or a peer (they do: backpressure).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +54,17 @@ impl Node {
             rtt_micros: Arc::new(AtomicU64::new(0)),
             since: Instant::now(),
             manual_pings: Arc::default(),
+            reader_done: tokio_util::sync::CancellationToken::new(),
         };
         let info = handle.sender.info().clone();
-        let admission = self
-            .registry()
-            .admit(peer, handle.id, info.direction, handle.clone());
+        let relayed = matches!(info.path, crust_core::ConnectionPath::Relayed { .. });
+        let admission = self.registry().admit_connection(
+            peer,
+            handle.id,
+            info.direction,
+            relayed,
+            handle.clone(),
+        );
         if let Admission::Refused(refusal) = admission {
             handle.sender.abort();
             return Err(match refusal {
@@ -65,13 +75,27 @@ impl Node {
             });
         }
         self.registry_changed.notify_waiters();
+        // A connection replacing a relayed one reads only once the relayed one's reader
+        // has handed over everything: messages stay in order across the switch.
+        let first = match &admission {
+            Admission::Upgrade { relayed, .. } => Some(relayed.reader_done.clone()),
+            _ => None,
+        };
         // The task runs for every connection, also for duplicates being drained, so that
         // everything the peer sent before ending a connection is delivered.
         let span =
             tracing::info_span!("connection", %peer, id = handle.id, protocol = %info.protocol);
-        self.tasks
-            .spawn(self.clone().run(handle.clone(), receiver).instrument(span));
-        let relayed = matches!(info.path, crust_core::ConnectionPath::Relayed { .. });
+        self.tasks.spawn(
+            self.clone()
+                .run(handle.clone(), receiver, first)
+                .instrument(span),
+        );
+        if relayed && info.direction == Direction::Outbound {
+            if let Admission::NewPeer = admission {
+                // We asked for this relayed connection: keep looking for a path of our own.
+                self.tasks.spawn(self.clone().upgrade_relayed(peer));
+            }
+        }
         // Tell the peer where we see it (NAT traversal hint); a fresh connection has room.
         // Not through a relay: we do not see the peer's address then.
         if !relayed {
@@ -94,6 +118,19 @@ impl Node {
             Admission::NewPeer => {
                 tracing::info!(%peer, endpoint = %info.remote_endpoint(), direction = ?info.direction, "new peer");
                 Some(Event::NewPeer {
+                    peer,
+                    endpoint: info.remote_endpoint(),
+                    direction: info.direction,
+                    protocol: info.protocol,
+                    path: info.path,
+                })
+            }
+            Admission::Upgrade { retire, .. } => {
+                if let Some(retired) = retire {
+                    self.retire_in_background(retired);
+                }
+                tracing::info!(%peer, path = %info.path, "relayed connection upgraded");
+                Some(Event::ConnectionUpgraded {
                     peer,
                     endpoint: info.remote_endpoint(),
                     direction: info.direction,
@@ -156,9 +193,25 @@ impl Node {
         });
     }
 
-    /// The connection's task: reads until the connection ends, then reports the end.
-    async fn run(self: Arc<Self>, handle: ConnHandle, receiver: MessageReceiver) {
+    /// The connection's task: reads until the connection ends, then reports the end. With
+    /// `first`, reading starts once that token is cancelled (the relayed connection this
+    /// one replaces has handed over what it read), or after [`UPGRADE_DRAIN_LIMIT`].
+    async fn run(
+        self: Arc<Self>,
+        handle: ConnHandle,
+        receiver: MessageReceiver,
+        first: Option<tokio_util::sync::CancellationToken>,
+    ) {
+        if let Some(first) = first {
+            tokio::select! {
+                _ = first.cancelled() => {}
+                _ = tokio::time::sleep(UPGRADE_DRAIN_LIMIT) => {
+                    tracing::warn!(peer = %receiver.info().peer_id, "the relayed connection did not drain in time; reading the new one anyway");
+                }
+            }
+        }
         let reason = self.read_loop(&handle, receiver).await;
+        handle.reader_done.cancel();
         self.connection_ended(&handle, reason).await;
     }
 

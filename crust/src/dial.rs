@@ -37,7 +37,8 @@ impl Node {
             if registry.is_banned(peer) {
                 return Err(Error::Banned(peer));
             }
-            if registry.contains(peer) {
+            // A relayed connection does not count: a dial may replace it.
+            if registry.connected_directly(peer) {
                 return Ok(peer);
             }
         }

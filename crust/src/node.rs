@@ -37,6 +37,8 @@ pub(crate) struct ConnHandle {
     /// Pings the application asked for ([`Service::ping`](crate::Service::ping)), waiting
     /// for their pongs.
     pub(crate) manual_pings: Arc<Mutex<Vec<ManualPing>>>,
+    /// Cancelled once the connection's reader has handed over everything it read.
+    pub(crate) reader_done: tokio_util::sync::CancellationToken,
 }
 
 /// A ping the application is waiting on.

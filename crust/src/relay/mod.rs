@@ -13,7 +13,8 @@
 //! - `circuits.rs`: what a relay carries and allows (pure: limits on circuits per peer and
 //!   in total, bytes and time per circuit, the flow-control window);
 //! - `stream.rs`: a circuit end as a byte stream;
-//! - `driver.rs`: the async side: asking a relay, relaying, accepting, the TLS sessions.
+//! - `driver.rs`: the async side: asking a relay, relaying, accepting, the TLS sessions;
+//! - `upgrade.rs`: moving a relayed connection to a path of our own once one works.
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ mod driver;
 pub(crate) mod fuzzing;
 mod messages;
 mod stream;
+mod upgrade;
 
 pub(crate) use driver::RelayState;
 

@@ -116,6 +116,30 @@ impl Printer {
                     )
                 },
             ),
+            Event::ConnectionUpgraded {
+                peer,
+                endpoint,
+                direction,
+                protocol,
+                path,
+                ..
+            } => self.emit(
+                json!({
+                    "event": "connection_upgraded",
+                    "peer": peer,
+                    "endpoint": endpoint,
+                    "direction": direction_str(*direction),
+                    "protocol": protocol.as_str(),
+                    "path": path.as_str(),
+                }),
+                || {
+                    format!(
+                        "upgraded {} {endpoint} {} {protocol} {path}",
+                        peer.short(),
+                        direction_str(*direction)
+                    )
+                },
+            ),
             Event::LostPeer { peer, reason } => self.emit(
                 json!({"event": "lost_peer", "peer": peer, "reason": reason.to_string(), "reason_kind": reason.kind()}),
                 || format!("lost-peer {} {:?}", peer.short(), reason.to_string()),
