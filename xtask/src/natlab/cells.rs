@@ -90,6 +90,9 @@ pub(crate) enum Cell {
     Relay(NatType, NatType),
     /// A relay allowing one circuit per peer refuses a second one with a typed reason.
     RelayLimit,
+    /// A pair behind port-restricted NATs, relayed while the routers cannot reach each
+    /// other, upgrades to a punched path once they can, nothing lost or reordered.
+    RelayUpgrade,
 }
 
 impl Cell {
@@ -109,6 +112,7 @@ impl Cell {
             Cell::Ipv6Firewall => "ipv6/firewall".to_owned(),
             Cell::Relay(a, b) => format!("relay/{a}->{b}"),
             Cell::RelayLimit => "relay/limit".to_owned(),
+            Cell::RelayUpgrade => "relay/upgrade/port-restricted".to_owned(),
         }
     }
 
@@ -128,6 +132,7 @@ impl Cell {
         cells.push(Cell::PunchMapped);
         cells.push(Cell::Relay(NatType::Symmetric, NatType::Symmetric));
         cells.push(Cell::RelayLimit);
+        cells.push(Cell::RelayUpgrade);
         cells.push(Cell::DirectNone);
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
@@ -169,6 +174,7 @@ impl Cell {
             Cell::PunchMapped,
             Cell::Relay(NatType::Symmetric, NatType::Symmetric),
             Cell::RelayLimit,
+            Cell::RelayUpgrade,
             Cell::DirectNone,
             Cell::UpnpCrust,
             Cell::Ipv6Firewall,
@@ -249,6 +255,7 @@ impl Ctx<'_> {
             Cell::Ipv6Firewall => self.ipv6_firewall(&name),
             Cell::Relay(a, b) => self.relay(&name, a, b),
             Cell::RelayLimit => self.relay_limit(&name),
+            Cell::RelayUpgrade => self.relay_upgrade(&name),
         };
         match result {
             Ok(mut report) => {

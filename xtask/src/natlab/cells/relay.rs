@@ -121,7 +121,14 @@ impl Ctx<'_> {
         })?;
         let elapsed = answer.at.saturating_duration_since(sent);
         let trial = if answer.name() == "connected" {
-            let messages = message_arrives(&a1, &b1, &format!("hello-b1-{i}")).is_ok()
+            // b1 registers its side a moment after a1 answered.
+            let b1_ready = b1
+                .wait_for(0, FOLLOW_UP, "new_peer for a1", |e| {
+                    e.name() == "new_peer" && e.str("peer") == a1.peer_id
+                })
+                .is_ok();
+            let messages = b1_ready
+                && message_arrives(&a1, &b1, &format!("hello-b1-{i}")).is_ok()
                 && message_arrives(&b1, &a1, &format!("hello-a1-{i}")).is_ok();
             Trial {
                 connected: true,
@@ -254,6 +261,180 @@ impl Ctx<'_> {
                 "relay_failure": relay_failure,
                 "circuits_during": during,
                 "circuits_after": after,
+            }),
+            elapsed: Duration::ZERO,
+        })
+    }
+}
+
+/// Messages each side sends in each phase of the upgrade cell (relayed, unblocked, upgraded).
+const UPGRADE_MESSAGES: usize = 100;
+/// Deadline for the upgrade once the direct path is open again: the relayed side retries
+/// after 1, 2, 4, 8 s (cumulative 15 s), each attempt a coordination and a 5 s punch.
+const UPGRADE_DEADLINE: Duration = Duration::from_secs(40);
+
+/// Lets the routers talk to each other again however the cell ends.
+struct Unblock<'a>(&'a Lab);
+
+impl Drop for Unblock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.block_between_routers(false);
+    }
+}
+
+/// Sends `count` numbered messages `tag-<n>` (from `first`) from `from` to `to`.
+fn send_numbered(from: &Node, to: &Node, first: usize, count: usize) -> Result<()> {
+    for n in first..first + count {
+        from.send(&format!("send {} m-{n}", to.peer_id))?;
+    }
+    Ok(())
+}
+
+/// Waits for message `m-<last>` from `from` at `to`, then checks that the messages from
+/// `from` since `marked` are exactly `m-0` … `m-<last>`, once each, in order.
+fn numbered_in_order(to: &Node, from: &Node, marked: u64, last: usize) -> Result<Option<String>> {
+    let text = format!("m-{last}");
+    to.wait_for(marked, UPGRADE_DEADLINE, "the last numbered message", |e| {
+        e.name() == "message" && e.str("peer") == from.peer_id && e.str("text") == text
+    })?;
+    let got: Vec<String> = to
+        .events_since(marked, |e| {
+            e.name() == "message" && e.str("peer") == from.peer_id
+        })
+        .iter()
+        .map(|e| e.str("text").to_owned())
+        .collect();
+    let expected: Vec<String> = (0..=last).map(|n| format!("m-{n}")).collect();
+    if got == expected {
+        return Ok(None);
+    }
+    let first_wrong = got
+        .iter()
+        .zip(&expected)
+        .position(|(g, e)| g != e)
+        .unwrap_or(got.len().min(expected.len()));
+    Ok(Some(format!(
+        "{} got {} messages from {}, expected {}; first difference at #{first_wrong}: {:?}",
+        to.name,
+        got.len(),
+        from.name,
+        expected.len(),
+        got.get(first_wrong)
+    )))
+}
+
+impl Ctx<'_> {
+    /// `a1` and `b1` behind port-restricted NATs, the direct path between the routers
+    /// blocked: `connect <b1>` ends relayed. Numbered messages flow both ways; the block is
+    /// lifted; `a1`'s upgrade attempts punch through, both sides report
+    /// `connection_upgraded`, every message arrives once and in order, and the relay's
+    /// circuit is released.
+    pub(super) fn relay_upgrade(&mut self, cell: &str) -> Result<CellReport> {
+        self.lab.configure(Router::R1, NatType::PortRestricted)?;
+        self.lab.configure(Router::R2, NatType::PortRestricted)?;
+        let flags = ["--no-port-mapping", "--no-ipv6"];
+        let (a1, b1) = self.classified_pair(cell, 0, &flags, "rudp")?;
+        self.lab.block_between_routers(true)?;
+        let unblock = Unblock(self.lab);
+        let (answer, relayed_ms, _) = connect_by_id(&a1, &b1.peer_id)?;
+        if answer.name() != "connected" || answer.str("path") != "relayed" {
+            bail!(
+                "with the direct path blocked, connect gave {} {:?} ({})",
+                answer.name(),
+                answer.str("path"),
+                answer.str("message")
+            );
+        }
+        let via = answer.str("via").to_owned();
+        // b1 registers its side a moment after a1 answered: before that its sends to a1
+        // would fail ("not connected").
+        b1.wait_for(0, FOLLOW_UP, "new_peer for a1", |e| {
+            e.name() == "new_peer" && e.str("peer") == a1.peer_id
+        })?;
+        let (a_mark, b_mark) = (a1.mark(), b1.mark());
+        // Phase 1: relayed.
+        send_numbered(&a1, &b1, 0, UPGRADE_MESSAGES)?;
+        send_numbered(&b1, &a1, 0, UPGRADE_MESSAGES)?;
+        // Phase 2: the direct path opens; a1's next attempt punches through.
+        drop(unblock);
+        let unblocked = Instant::now();
+        send_numbered(&a1, &b1, UPGRADE_MESSAGES, UPGRADE_MESSAGES)?;
+        send_numbered(&b1, &a1, UPGRADE_MESSAGES, UPGRADE_MESSAGES)?;
+        let upgraded = a1.wait_for(a_mark, UPGRADE_DEADLINE, "connection_upgraded", |e| {
+            e.name() == "connection_upgraded" && e.str("peer") == b1.peer_id
+        })?;
+        let upgrade_ms = upgraded.at.saturating_duration_since(unblocked).as_millis() as u64;
+        let new_path = upgraded.str("path").to_owned();
+        let b_upgraded = b1
+            .wait_for(b_mark, FOLLOW_UP, "connection_upgraded at b1", |e| {
+                e.name() == "connection_upgraded" && e.str("peer") == a1.peer_id
+            })
+            .is_ok();
+        // Phase 3: upgraded.
+        send_numbered(&a1, &b1, 2 * UPGRADE_MESSAGES, UPGRADE_MESSAGES)?;
+        send_numbered(&b1, &a1, 2 * UPGRADE_MESSAGES, UPGRADE_MESSAGES)?;
+        let last = 3 * UPGRADE_MESSAGES - 1;
+        let mut mismatches = Vec::new();
+        for (node, mark) in [(&a1, a_mark), (&b1, b_mark)] {
+            // Commands run in order: once `peers` is answered, every `send` before it has
+            // printed its `sent` (or its error).
+            let marked = node.mark();
+            node.send("peers")?;
+            node.wait_for(marked, FOLLOW_UP, "peers", |e| e.name() == "peers")?;
+            let sent = node.events_since(mark, |e| e.name() == "sent").len();
+            if sent != last + 1 {
+                mismatches.push(format!("{} sent {sent} of {}", node.name, last + 1));
+            }
+        }
+        mismatches.extend(numbered_in_order(&b1, &a1, b_mark, last)?);
+        mismatches.extend(numbered_in_order(&a1, &b1, a_mark, last)?);
+        if !matches!(new_path.as_str(), "punched-udp" | "punched-tcp") {
+            mismatches.push(format!("upgraded to {new_path:?}, expected a punched path"));
+        }
+        if !b_upgraded {
+            mismatches.push("b1 reported no connection_upgraded".to_owned());
+        }
+        // The circuit goes once the relayed connection has drained.
+        let relay = [&self.publics.rendezvous, &self.publics.other_address]
+            .into_iter()
+            .find(|n| n.peer_id == via)
+            .context("the relay is one of the public nodes")?;
+        let released_by = Instant::now() + FOLLOW_UP;
+        let circuits = loop {
+            let marked = relay.mark();
+            relay.send("relays")?;
+            let answer = relay.wait_for(marked, FOLLOW_UP, "relays", |e| e.name() == "relays")?;
+            let n = answer.value["circuits"].as_u64().unwrap_or(u64::MAX);
+            if n == 0 || Instant::now() >= released_by {
+                break n;
+            }
+            // Polling a count: the release has no event of its own. Bounded by the deadline.
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if circuits != 0 {
+            mismatches.push(format!("the relay still carries {circuits} circuits"));
+        }
+        a1.quit();
+        b1.quit();
+        Ok(CellReport {
+            name: cell.to_owned(),
+            outcome: if mismatches.is_empty() {
+                new_path.clone()
+            } else {
+                "wrong".to_owned()
+            },
+            mismatches,
+            details: format!(
+                "relayed in {} ms; upgraded to {new_path} {upgrade_ms} ms after the block was lifted; {} numbered messages each way once and in order; circuits now {circuits}",
+                relayed_ms.as_millis(),
+                last + 1
+            ),
+            data: json!({
+                "relayed_ms": relayed_ms.as_millis() as u64,
+                "upgrade_ms": upgrade_ms,
+                "path": new_path,
+                "messages_each_way": last + 1,
+                "circuits_after": circuits,
             }),
             elapsed: Duration::ZERO,
         })
