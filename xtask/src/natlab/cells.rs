@@ -616,7 +616,9 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 1 + 1 + 2 + 1);
+        // observe, filter, pairs, same-nat, punches, punch/mapped, relays (3), direct,
+        // early punch, upnp (2), ipv6.
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 3 + 1 + 1 + 2 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));
