@@ -26,6 +26,12 @@ pub(crate) const EVENT_BATCH: usize = crate::events::MAX_WAITING_BATCH;
 /// plus one message).
 const EVENT_BATCH_BYTES: usize = crate::events::MAX_WAITING_BATCH_BYTES;
 
+/// The nonce of the pings a reader sends while the application makes it wait. Its pong
+/// answers no outstanding ping and is ignored (the application's pings have the top bit
+/// set; a liveness ping would have to carry exactly this nonce, a 1 in 2^62 chance, to
+/// take its pong for a round-trip sample).
+const KEEPALIVE_NONCE: u64 = 1 << 62;
+
 /// Longest a connection that replaces a relayed one waits for the relayed one to drain
 /// before reading (below the ping timeout, so the peer's liveness check never fires).
 const UPGRADE_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -403,10 +409,34 @@ impl Node {
                 }
                 next = receiver.try_recv_frame();
             }
-            self.emit_wait(std::mem::take(&mut batch)).await;
+            self.emit_wait_alive(std::mem::take(&mut batch), handle)
+                .await;
             // Heard from the peer now; time spent waiting for our application to take
             // events is not held against the peer either.
             liveness.heard(Instant::now());
+        }
+    }
+
+    /// Hands a batch to the application like [`Node::emit_wait`], pinging the peer every
+    /// `ping_interval` while the application makes us wait. While we wait we do not read,
+    /// so the peer hears nothing from us (not even pongs) and would take a slow
+    /// application for a dead peer after its `ping_timeout`; our pings prove us alive (any
+    /// frame does), while flow control keeps slowing the peer down.
+    async fn emit_wait_alive(&self, events: Vec<Event>, handle: &ConnHandle) -> bool {
+        let wait = self.emit_wait(events);
+        tokio::pin!(wait);
+        let interval = self.config.ping_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tokio::select! {
+                waited = &mut wait => return waited,
+                _ = tick.tick() => {
+                    // The pong comes back answering no ping of ours and is ignored.
+                    handle
+                        .sender
+                        .try_send_frame(FrameKind::Ping, encode_nonce(KEEPALIVE_NONCE));
+                }
+            }
         }
     }
 

@@ -63,7 +63,10 @@ struct LastHandle(Arc<Node>);
 impl Drop for LastHandle {
     fn drop(&mut self) {
         self.0.shutdown.cancel();
-        for connection in self.0.registry().all_connections() {
+        // Also refuse connections still being set up: one registered after this point
+        // would otherwise live on (and keep answering pings) with nobody to use it.
+        let connections = self.0.registry().shut_down();
+        for connection in connections {
             connection.sender.abort();
         }
     }

@@ -118,3 +118,57 @@ async fn pings_measure_the_round_trip_time() {
         ));
     }
 }
+
+/// A slow application is not a dead peer: while the receiving application does not take
+/// its events, its reader stops reading (backpressure) and so answers no pings; it pings
+/// the sender instead, so the sender does not give up on it after `ping_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_application_is_slow_is_not_taken_for_dead() {
+    init_tracing();
+    let fast_pings = |config: ServiceConfig| {
+        config
+            .with_ping(Duration::from_millis(50), Duration::from_millis(300))
+            .with_event_queue_len(8)
+    };
+    let (receiver, mut re) = node(fast_pings(ServiceConfig::loopback())).await;
+    let (sender, mut se) = node(fast_pings(ServiceConfig::loopback())).await;
+    let peer = sender
+        .connect(&receiver.our_endpoints(), Some(receiver.peer_id()))
+        .await
+        .expect("connect");
+    // Enough to fill the queue and the socket buffers, so the sender's writes stall.
+    const COUNT: u32 = 200;
+    let payload = bytes::Bytes::from(vec![0u8; 256 * 1024]);
+    let sending = {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            for _ in 0..COUNT {
+                sender.send(peer, payload.clone()).await?;
+            }
+            Ok::<(), crust::Error>(())
+        })
+    };
+    // The receiving application takes nothing for ten ping timeouts (a slow
+    // application, simulated: this sleep is the behaviour under test, not a wait for it).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut messages = 0;
+    while messages < COUNT {
+        if let Event::Message { .. } =
+            wait_for(&mut re, "messages", |e| matches!(e, Event::Message { .. })).await
+        {
+            messages += 1;
+        }
+    }
+    sending
+        .await
+        .expect("sender task")
+        .expect("every send accepted");
+    assert!(
+        sender.is_connected(receiver.peer_id()),
+        "the sender kept the peer"
+    );
+    // Nothing was lost on the way: no LostPeer at the sender.
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(10), se.recv()).await {
+        assert!(!matches!(event, Event::LostPeer { .. }), "{event:?}");
+    }
+}

@@ -332,13 +332,6 @@ impl<H: Clone> Registry<H> {
             .collect()
     }
 
-    /// Every connection of every peer (for an abort on drop).
-    pub(crate) fn all_connections(&self) -> impl Iterator<Item = &H> {
-        self.peers.values().flat_map(|entry| {
-            std::iter::once(&entry.active.handle).chain(entry.others.iter().map(|s| &s.handle))
-        })
-    }
-
     /// The connection that carries our sends to `peer`, with its id.
     pub(crate) fn active(&self, peer: PeerId) -> Option<(ConnId, &H)> {
         self.peers
