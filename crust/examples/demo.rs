@@ -18,6 +18,9 @@
 //!   introduces them and they open a direct connection by hole punching (what crosses
 //!   home routers; on loopback there is no NAT to cross, but every step runs), and grace
 //!   greets heidi.
+//! - ivan and judy know only alice and do not punch (as behind two symmetric NATs): ivan
+//!   connects to judy by `PeerId` through alice as a relay, TLS end to end inside the
+//!   circuit, and greets judy.
 //!
 //! Everything is driven by events and every wait is bounded, so the demo never hangs. It
 //! prints a summary table and exits with 0 only if every check passed. `RUST_LOG=debug`
@@ -218,8 +221,11 @@ async fn run() -> Result<bool, Error> {
     if let Err(e) = lan_discovery(&mut demo).await {
         demo.check(format!("LAN discovery: {e}"), false);
     }
-    if let Err(e) = introduced(&mut demo).await {
+    if let Err(e) = introduced(&mut demo, Route::Punch).await {
         demo.check(format!("hole punch: {e}"), false);
+    }
+    if let Err(e) = introduced(&mut demo, Route::Relay).await {
+        demo.check(format!("relay: {e}"), false);
     }
 
     demo.drain();
@@ -515,59 +521,82 @@ async fn lan_discovery(demo: &mut Demo) -> Result<(), Error> {
     Ok(())
 }
 
-/// grace and heidi know only alice; grace connects to heidi by `PeerId`, alice introduces
-/// them, and they punch a direct connection.
-async fn introduced(demo: &mut Demo) -> Result<(), Error> {
-    println!("\n== introduced by a common peer: grace and heidi know only alice");
-    let (grace, _grace_events) = Service::new(ServiceConfig::loopback())?;
-    let (heidi, mut heidi_events) = Service::new(ServiceConfig::loopback())?;
+/// How two nodes that know only alice get connected.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// alice introduces them and they punch a direct connection.
+    Punch,
+    /// They do not punch (as if no hole could be punched): alice relays.
+    Relay,
+}
+
+/// Two nodes know only alice; the first connects to the second by `PeerId` alone, alice
+/// introducing them (hole punch) or relaying between them.
+async fn introduced(demo: &mut Demo, route: Route) -> Result<(), Error> {
+    let ((a_name, b_name), how, config) = match route {
+        Route::Punch => (
+            ("grace", "heidi"),
+            "a hole punch",
+            ServiceConfig::loopback(),
+        ),
+        Route::Relay => (
+            ("ivan", "judy"),
+            "alice as a relay",
+            ServiceConfig::loopback().with_hole_punching(false),
+        ),
+    };
+    println!("\n== {a_name} and {b_name} know only alice: {how}");
+    let (a, _a_events) = Service::new(config.clone())?;
+    let (b, mut b_events) = Service::new(config)?;
     let alice = demo.nodes[ALICE].clone();
-    for node in [&grace, &heidi] {
+    for node in [&a, &b] {
         node.start_listening().await?;
         node.connect(&alice.our_endpoints(), Some(alice.peer_id()))
             .await?;
     }
-    let (grace_id, heidi_id) = (grace.peer_id(), heidi.peer_id());
-    // alice can introduce them once she has registered both.
-    demo.wait_until("alice to register grace and heidi", |d| {
+    let (a_id, b_id) = (a.peer_id(), b.peer_id());
+    // alice can introduce them (or relay) once she has registered both.
+    demo.wait_until("alice to register both", |d| {
         let seen = &d.seen[ALICE].new_peers;
-        seen.contains_key(&grace_id) && seen.contains_key(&heidi_id)
+        seen.contains_key(&a_id) && seen.contains_key(&b_id)
     })
     .await;
     let started = Instant::now();
-    let connected = grace.connect_peer(heidi_id).await;
-    let path = grace.peer_info(heidi_id).map(|info| info.connection.path);
+    let connected = a.connect_peer(b_id).await;
+    let path = a.peer_info(b_id).map(|info| info.connection.path);
     if let (Ok(_), Some(path)) = (&connected, path) {
         println!(
-            "  grace reached heidi by {path} in {} ms (no address given)",
+            "  {a_name} reached {b_name} by {path} in {} ms (no address given)",
             started.elapsed().as_millis()
         );
     }
-    let punched = matches!(
-        path,
-        Some(crust::ConnectionPath::PunchedTcp | crust::ConnectionPath::PunchedUdp)
-    );
+    let expected = match (route, path) {
+        (
+            Route::Punch,
+            Some(crust::ConnectionPath::PunchedTcp | crust::ConnectionPath::PunchedUdp),
+        ) => true,
+        (Route::Relay, Some(crust::ConnectionPath::Relayed { via })) => via == alice.peer_id(),
+        _ => false,
+    };
     demo.check(
-        "grace reaches heidi by PeerId through a hole punch",
-        connected.is_ok() && punched,
+        format!("{a_name} reaches {b_name} by PeerId through {how}"),
+        connected.is_ok() && expected,
     );
-    let sent = grace
-        .send(heidi_id, "hello through the hole".into())
-        .await
-        .is_ok();
+    let greeting = format!("hello from {a_name}");
+    let sent = a.send(b_id, greeting.clone().into()).await.is_ok();
     let heard = tokio::time::timeout(TIMEOUT, async {
-        while let Some(event) = heidi_events.recv().await {
+        while let Some(event) = b_events.recv().await {
             if let Event::Message { peer, payload } = event {
-                return peer == grace_id && payload == "hello through the hole";
+                return peer == a_id && payload == greeting.as_bytes();
             }
         }
         false
     })
     .await
     .unwrap_or(false);
-    demo.check("heidi hears grace's greeting", sent && heard);
-    grace.shutdown().await;
-    heidi.shutdown().await;
+    demo.check(format!("{b_name} hears {a_name}'s greeting"), sent && heard);
+    a.shutdown().await;
+    b.shutdown().await;
     Ok(())
 }
 
