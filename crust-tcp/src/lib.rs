@@ -62,6 +62,7 @@
 
 mod accept;
 mod punch;
+mod secure;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -70,14 +71,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crust_core::limits::FairShare;
+use crust_core::wire::TransportMode;
 use crust_core::{
     ConnectionConfig, ConnectionInfo, Direction, Endpoint, Error, Identity, Listener, PeerId,
-    Protocol, Result, SecureStream, Transport, tls, wire,
+    Protocol, Result, SecureStream, Transport, tls,
 };
 use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Configuration of a [`TcpTransport`].
 #[derive(Clone, Debug)]
@@ -125,6 +126,23 @@ pub struct TcpConfig {
     pub tcp_keepalive: Option<Duration>,
     /// Listen backlog. Default 1024.
     pub listen_backlog: u32,
+    /// **Tracer mode** (for debugging): the preamble announces it, each side proves its
+    /// `PeerId` by signing both sides' fresh nonces with its identity key, and then the
+    /// frames travel in **clear text**, exactly as they would inside TLS, so a packet
+    /// capture (with `tools/wireshark/crust.lua`) shows them. Authenticated, not secret.
+    /// A tracer node and a normal node refuse each other with [`Error::ModeMismatch`]; there
+    /// is no fallback. Enabling it logs a warning; in a release build (without
+    /// `debug_assertions`) [`TcpTransport::new`] refuses it unless
+    /// [`TcpConfig::allow_tracer_in_release`] is set too. Default `false`.
+    pub tracer: bool,
+    /// Lets a release build use [`TcpConfig::tracer`]. Default `false`.
+    pub allow_tracer_in_release: bool,
+    /// Log the TLS secrets of every session here (`SSLKEYLOGFILE` format, e.g.
+    /// [`tls::KeyLogWriter`]), so Wireshark can decrypt a capture.
+    ///
+    /// **Security warning:** whoever holds the log and a capture reads the traffic. For
+    /// debugging only. Default `None`.
+    pub key_log: Option<Arc<dyn rustls::KeyLog>>,
 }
 
 impl Default for TcpConfig {
@@ -145,6 +163,9 @@ impl Default for TcpConfig {
             accept_queue_len: 128,
             tcp_keepalive: Some(Duration::from_secs(30)),
             listen_backlog: 1024,
+            tracer: false,
+            allow_tracer_in_release: false,
+            key_log: None,
         }
     }
 }
@@ -223,15 +244,47 @@ impl TcpConfig {
         self.tcp_keepalive = idle;
         self
     }
+
+    /// Sets [`TcpConfig::tracer`].
+    pub fn with_tracer(mut self, enabled: bool) -> Self {
+        self.tracer = enabled;
+        self
+    }
+
+    /// Sets [`TcpConfig::allow_tracer_in_release`].
+    pub fn with_tracer_allowed_in_release(mut self, allowed: bool) -> Self {
+        self.allow_tracer_in_release = allowed;
+        self
+    }
+
+    /// Sets [`TcpConfig::key_log`].
+    pub fn with_key_log(mut self, key_log: Arc<dyn rustls::KeyLog>) -> Self {
+        self.key_log = Some(key_log);
+        self
+    }
+
+    /// The mode the connections of this configuration use.
+    pub fn mode(&self) -> TransportMode {
+        if self.tracer {
+            TransportMode::Tracer
+        } else {
+            TransportMode::Tls
+        }
+    }
+}
+
+/// Whether tracer mode may run: always in a debug build, in a release build only when
+/// explicitly allowed.
+pub fn tracer_permitted(debug_build: bool, allowed_in_release: bool) -> bool {
+    debug_build || allowed_in_release
 }
 
 /// The TCP + TLS 1.3 transport.
 pub struct TcpTransport {
     identity: Identity,
     config: TcpConfig,
-    acceptor: TlsAcceptor,
-    /// Client configs (key parsed once; a per-dial verifier only when a `PeerId` is expected).
-    client_configs: tls::ClientConfigs,
+    /// Preamble and TLS (or tracer authentication), both sides.
+    handshaker: secure::Handshaker,
     /// Addresses we listen on, for dialling from the listening port.
     listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
     /// Hole punches in progress, waiting for connections from these addresses.
@@ -240,13 +293,26 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     /// A transport for `identity`.
+    ///
+    /// Fails with [`Error::Unsupported`] when [`TcpConfig::tracer`] is set in a release
+    /// build without [`TcpConfig::allow_tracer_in_release`].
     pub fn new(identity: Identity, config: TcpConfig) -> Result<Self> {
-        let server = tls::server_config(&identity, config.crypto_provider.clone(), &[])?;
-        let client_configs =
-            tls::ClientConfigs::new(&identity, config.crypto_provider.clone(), &[])?;
+        if config.tracer {
+            if !tracer_permitted(cfg!(debug_assertions), config.allow_tracer_in_release) {
+                return Err(Error::Unsupported(
+                    "tracer mode (frames in clear text) is refused in a release build unless allow_tracer_in_release is set".into(),
+                ));
+            }
+            tracing::warn!(peer = %identity.peer_id(), "TRACER MODE ON: TCP frames travel UNENCRYPTED (authenticated, not secret); peers in normal mode are refused; for debugging only");
+        }
+        let handshaker = secure::Handshaker::new(
+            identity.clone(),
+            config.crypto_provider.clone(),
+            config.mode(),
+            config.key_log.clone(),
+        )?;
         Ok(TcpTransport {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            client_configs,
+            handshaker,
             identity,
             config,
             listen_addrs: Arc::new(Mutex::new(Vec::new())),
@@ -259,9 +325,9 @@ impl TcpTransport {
         &self.config
     }
 
-    fn connector_for(&self, expected: Option<PeerId>) -> (TlsConnector, Arc<tls::PeerKeyVerifier>) {
-        let (client, verifier) = self.client_configs.for_dial(expected);
-        (TlsConnector::from(client), verifier)
+    /// The mode of this transport's connections.
+    pub fn mode(&self) -> TransportMode {
+        self.handshaker.mode()
     }
 
     fn listen_port_for(&self, remote: SocketAddr) -> Option<SocketAddr> {
@@ -358,7 +424,7 @@ impl Transport for TcpTransport {
         let (tx, rx) = mpsc::channel(self.config.accept_queue_len.max(1));
         let accept_task = tokio::spawn(accept::accept_loop(
             listener.clone(),
-            self.acceptor.clone(),
+            self.handshaker.clone(),
             self.config.clone(),
             tx,
             self.punch_waiters.clone(),
@@ -416,48 +482,29 @@ impl TcpTransport {
         expected: Option<PeerId>,
         from_listen_port: bool,
     ) -> Result<SecureStream> {
-        let (connector, verifier) = self.connector_for(expected);
-        {
-            let tcp = if from_listen_port {
-                self.connect_tcp(addr).await?
-            } else {
-                self.connect_from(addr, None).await?
-            };
-            let local_addr = tcp.local_addr()?;
-            // Pipelined preamble: ours goes out with the ClientHello, and the listener's is
-            // checked as the first 8 bytes TLS reads, so no round trip is spent waiting for it.
-            let tls = connector
-                .connect(tls::server_name(), wire::PreambleStream::new(tcp))
-                .await
-                .map_err(|e| match wire::preamble_error(e) {
-                    Ok(preamble) => preamble,
-                    Err(e) => tls::dial_handshake_error(&verifier, e),
-                })?;
-            let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
-            if let Some(expected) = expected {
-                if expected != peer_id {
-                    return Err(Error::PeerIdMismatch {
-                        expected,
-                        actual: peer_id,
-                    });
-                }
-            }
-            let info = ConnectionInfo {
-                peer_id,
-                local_addr,
-                remote_addr: addr,
-                protocol: Protocol::Tcp,
-                direction: Direction::Outbound,
-                path: crust_core::ConnectionPath::Direct,
-            };
-            let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Client(tls));
-            Ok(SecureStream {
-                info,
-                reader: Box::new(reader),
-                writer: Box::new(writer),
-                keep_alive: None,
-            })
-        }
+        let tcp = if from_listen_port {
+            self.connect_tcp(addr).await?
+        } else {
+            self.connect_from(addr, None).await?
+        };
+        let local_addr = tcp.local_addr()?;
+        // Pipelined preamble: ours goes out with the ClientHello, and the listener's is
+        // checked as the first 8 bytes TLS reads, so no round trip is spent waiting for it.
+        let secured = self.handshaker.client(tcp, expected, true).await?;
+        let info = ConnectionInfo {
+            peer_id: secured.peer_id,
+            local_addr,
+            remote_addr: addr,
+            protocol: Protocol::Tcp,
+            direction: Direction::Outbound,
+            path: crust_core::ConnectionPath::Direct,
+        };
+        Ok(SecureStream {
+            info,
+            reader: secured.reader,
+            writer: secured.writer,
+            keep_alive: None,
+        })
     }
 }
 
@@ -539,6 +586,23 @@ pub(crate) fn configure_stream(stream: &TcpStream, keepalive: Option<Duration>) 
 mod tests {
     use super::*;
 
+    #[test]
+    fn tracer_needs_an_explicit_allowance_in_release_builds() {
+        assert!(tracer_permitted(true, false));
+        assert!(tracer_permitted(true, true));
+        assert!(tracer_permitted(false, true));
+        assert!(!tracer_permitted(false, false));
+        // This test build has debug assertions: tracer mode starts without the allowance.
+        let transport = TcpTransport::new(
+            Identity::generate().expect("identity"),
+            TcpConfig::default().with_tracer(true),
+        );
+        assert_eq!(
+            transport.map(|t| t.mode()).ok(),
+            cfg!(debug_assertions).then_some(TransportMode::Tracer)
+        );
+    }
+
     /// A listener shut down (as [`TcpListener`]'s drop does) while its receiver is still
     /// alive: accept fails with EINVAL, and the loop ends quietly instead of warning every
     /// 50 ms until it is aborted.
@@ -562,7 +626,7 @@ mod tests {
             Duration::from_secs(5),
             accept::accept_loop(
                 listener,
-                transport.acceptor.clone(),
+                transport.handshaker.clone(),
                 transport.config.clone(),
                 tx,
                 punch::PunchWaiters::default(),
