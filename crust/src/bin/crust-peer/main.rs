@@ -62,6 +62,12 @@
 //! `started` line) and connects to the peers it hears. With `--loopback` the beacons go to
 //! 127.255.255.255, so several nodes on one machine find each other.
 //!
+//! Seeing the traffic (debugging only): `--tracer` runs TCP in tracer mode (frames in clear
+//! text after an authenticated handshake; only tracer peers connect over TCP; a release build
+//! also needs `--allow-tracer-in-release`), `--key-log FILE` appends the TLS secrets of every
+//! session for Wireshark. Both print a `warning` event. See "Seeing Crust on the wire" in the
+//! README and `tools/wireshark/crust.lua`.
+//!
 //! Bootstrap: unless `--no-bootstrap` is given, the node reads a bootstrap config (`--config`,
 //! which must exist, default the platform's `crust/bootstrap.json` if it exists: contacts,
 //! ports, cache switches), tries its contacts and the peers cached from earlier runs until one answers,
@@ -172,6 +178,19 @@ struct Args {
     /// other nodes to use).
     #[arg(long, default_value_t = crust::beacon::DEFAULT_PORT)]
     beacon_port: u16,
+    /// Tracer mode for TCP (debugging): frames travel UNENCRYPTED after an authenticated
+    /// handshake, so Wireshark with tools/wireshark/crust.lua shows them. Only tracer peers
+    /// can connect over TCP. A release build also needs --allow-tracer-in-release.
+    #[arg(long)]
+    tracer: bool,
+    /// Let a release build run --tracer.
+    #[arg(long, requires = "tracer")]
+    allow_tracer_in_release: bool,
+    /// Append the TLS secrets of every session (TCP and QUIC) to FILE, for Wireshark's
+    /// tls.keylog_file. Anyone holding FILE and a capture can read the traffic: debugging
+    /// only.
+    #[arg(long, value_name = "FILE")]
+    key_log: Option<PathBuf>,
 }
 
 fn config_from(args: &Args, printer: Printer) -> anyhow::Result<ServiceConfig> {
@@ -197,6 +216,21 @@ fn config_from(args: &Args, printer: Printer) -> anyhow::Result<ServiceConfig> {
         .with_rudp(!args.no_rudp)
         .with_loopback_endpoints(args.loopback)
         .with_min_observer_networks(args.min_observer_networks);
+    if args.tracer {
+        printer.warning(
+            "tracer mode: TCP frames travel unencrypted (authenticated, not secret); only tracer peers can connect over TCP",
+        );
+        config = config
+            .with_tracer(true)
+            .with_tracer_allowed_in_release(args.allow_tracer_in_release);
+    }
+    if let Some(path) = &args.key_log {
+        printer.warning(format!(
+            "key log: the TLS secrets of every session are written to {}; anyone holding it and a capture can read the traffic",
+            path.display()
+        ));
+        config = config.with_key_log_file(path);
+    }
     if !args.loopback && !args.no_port_mapping {
         config = config.with_port_mapping(crust::PortMapConfig::default());
     }
@@ -406,6 +440,7 @@ async fn run(args: Args, printer: Printer) -> anyhow::Result<()> {
             "endpoints": endpoints,
             "listening": listening,
             "beacon_port": beacon_port,
+            "tracer": args.tracer,
         }),
         || {
             let mut out = format!("started {}", service.peer_id());
@@ -417,6 +452,9 @@ async fn run(args: Args, printer: Printer) -> anyhow::Result<()> {
             }
             if let Some(port) = beacon_port {
                 out.push_str(&format!("\nbeacon-port {port}"));
+            }
+            if args.tracer {
+                out.push_str("\ntracer-mode on");
             }
             out
         },
