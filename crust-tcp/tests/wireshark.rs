@@ -262,6 +262,14 @@ async fn exchange(to_bob: Connection, to_alice: Connection) {
         .send_control(FrameKind::Ping, Bytes::copy_from_slice(&PING_NONCE))
         .await
         .expect("ping");
+    alice_tx
+        .send_control(FrameKind::Unknown(16), Bytes::from(filtering_request()))
+        .await
+        .expect("filtering request");
+    alice_tx
+        .send_control(FrameKind::Unknown(17), Bytes::from(punch_offer()))
+        .await
+        .expect("punch offer");
     alice_tx.send("hello crust".into()).await.expect("hello");
     alice_tx
         .send(Bytes::from(vec![0xab; LARGE]))
@@ -298,6 +306,54 @@ async fn exchange(to_bob: Connection, to_alice: Connection) {
     .expect("safety net");
 }
 
+/// A NAT filtering test request (kind 16) as `docs/protocol.md` lays it out: type 1, nonce,
+/// two addresses (10.0.0.1 and ::1). 32 bytes.
+fn filtering_request() -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend_from_slice(&0x1111_1111_1111_1111u64.to_be_bytes());
+    out.push(2);
+    out.extend_from_slice(&[4, 10, 0, 0, 1]);
+    out.push(6);
+    out.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    out
+}
+
+/// A hole-punch `Offer` (kind 17) as `docs/protocol.md` lays it out: type 2, request id,
+/// origin, the endpoint at which R sees A (rudp://127.0.0.1:8080), and A's info: NAT class
+/// 6 (port-restricted), a constant port step of 2, the probe nonce, two candidates
+/// (observed tcp://192.0.2.1:4000, local rudp://[::1]:5000). 92 bytes.
+fn punch_offer() -> Vec<u8> {
+    let mut out = vec![2];
+    out.extend_from_slice(&0x2222_2222_2222_2222u64.to_be_bytes());
+    out.extend_from_slice(&[0xaa; 32]);
+    out.extend_from_slice(&[2, 4, 127, 0, 0, 1]);
+    out.extend_from_slice(&8080u16.to_be_bytes());
+    out.extend_from_slice(&[6, 1]);
+    out.extend_from_slice(&2i16.to_be_bytes());
+    out.extend_from_slice(&0x3333_3333_3333_3333u64.to_be_bytes());
+    out.push(2);
+    out.extend_from_slice(&[2, 1, 4, 192, 0, 2, 1]);
+    out.extend_from_slice(&4000u16.to_be_bytes());
+    out.extend_from_slice(&[3, 2, 6]);
+    out.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+    out.extend_from_slice(&5000u16.to_be_bytes());
+    out
+}
+
+/// Every value tshark shows for each of `fields` over the whole capture.
+fn all_values(rows: &[Vec<String>], fields: usize) -> Vec<Vec<String>> {
+    (0..fields)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .flat_map(|v| v.split(','))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
 /// Binds a listener first (the capture filters on its port), then runs the session.
 async fn captured_session(alice: TcpTransport, bob: TcpTransport) -> (Capture, u16) {
     let mut listener = bob
@@ -332,6 +388,8 @@ fn expected_frames(handshake: bool) -> (Vec<(String, u32)>, Vec<(String, u32)>) 
     alice.extend(frame_list(&[
         ("ObservedAddress", 7),
         ("Ping", 8),
+        ("NatFilteringTest", 32),
+        ("HolePunch", 92),
         ("Message", 11),
         ("MessageChunk", 65_536),
         ("MessageChunk", 65_536),
@@ -413,6 +471,47 @@ async fn tracer_session_is_decoded_frame_by_frame() {
             .any(|r| r[6] == "127.0.0.1" && r[7] == port.to_string()),
         "observed address: {rows:?}"
     );
+
+    // The filtering test and the hole-punch offer, field by field.
+    let fields = [
+        "crust.filtering.type",
+        "crust.filtering.nonce",
+        "crust.filtering.count",
+        "crust.punch.type",
+        "crust.punch.id",
+        "crust.punch.nat_class",
+        "crust.punch.step",
+        "crust.punch.probe_nonce",
+        "crust.punch.candidates",
+        "crust.punch.candidate_kind",
+        "crust.endpoint.protocol",
+        "crust.addr.ipv4",
+        "crust.addr.ipv6",
+        "crust.addr.port",
+    ];
+    let values = all_values(&tshark(&capture.file, &[], &fields), fields.len());
+    let expect = |field: &str, want: &[&str]| {
+        let i = fields.iter().position(|f| *f == field).expect("field");
+        assert_eq!(values[i], want, "{field}");
+    };
+    expect("crust.filtering.type", &["1"]);
+    expect("crust.filtering.nonce", &["0x1111111111111111"]);
+    expect("crust.filtering.count", &["2"]);
+    expect("crust.punch.type", &["2"]);
+    expect("crust.punch.id", &["0x2222222222222222"]);
+    expect("crust.punch.nat_class", &["6"]);
+    expect("crust.punch.step", &["2"]);
+    expect("crust.punch.probe_nonce", &["0x3333333333333333"]);
+    expect("crust.punch.candidates", &["2"]);
+    expect("crust.punch.candidate_kind", &["2", "3"]);
+    expect("crust.endpoint.protocol", &["2", "1", "2"]);
+    expect(
+        "crust.addr.ipv4",
+        &["127.0.0.1", "10.0.0.1", "127.0.0.1", "192.0.2.1"],
+    );
+    expect("crust.addr.ipv6", &["::1", "::1"]);
+    let port = port.to_string();
+    expect("crust.addr.port", &[port.as_str(), "8080", "4000", "5000"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -302,8 +302,8 @@ local function punch(range, tree, pinfo)
     local ty = t:uint()
     local peer = r:take(32)
     if peer then
-        local item = tree:add(f.punch_peer, peer)
-        item:prepend_text((punch_peer_roles[ty] or "peer") .. " ")
+        local role = punch_peer_roles[ty] or "peer"
+        tree:add(f.punch_peer, peer):set_text("Peer (" .. role .. "): " .. peer:bytes():tohex():lower())
     end
     if ty == 1 or ty == 3 then
         punch_info(r, tree)
@@ -373,7 +373,9 @@ local function dissect_frame(tvb, pinfo, tree, offset)
             ft:add(f.payload, body)
         end
     end
-    ft:append_text(summary)
+    if summary ~= "" then
+        ft:append_text(":" .. summary)
+    end
     return name .. summary
 end
 
@@ -409,6 +411,18 @@ local function set_info(pinfo, summaries)
     info_packet = pinfo.number
 end
 
+-- The protocol's tree item, added only once there is something to show in it (a packet
+-- that only waits for the rest of a frame gets none).
+local function lazy_root(tree, tvb, label)
+    local item = nil
+    return function()
+        if item == nil then
+            item = tree:add(crust, tvb(), label)
+        end
+        return item
+    end
+end
+
 -- Frames from `offset` to the end, asking for more data when one is cut.
 local function dissect_frames(tvb, pinfo, root, offset, summaries)
     local total = tvb:len()
@@ -420,7 +434,7 @@ local function dissect_frames(tvb, pinfo, root, offset, summaries)
         end
         local len = tvb(offset, 4):uint()
         if len > MAX_FRAME then
-            root:add_proto_expert_info(ef_malformed, "frame length " .. len .. " is over any maximum")
+            root():add_proto_expert_info(ef_malformed, "frame length " .. len .. " is over any maximum")
             return total
         end
         if total - offset < HEADER_LEN + len then
@@ -428,7 +442,7 @@ local function dissect_frames(tvb, pinfo, root, offset, summaries)
             pinfo.desegment_len = HEADER_LEN + len - (total - offset)
             return total
         end
-        table.insert(summaries, dissect_frame(tvb, pinfo, root, offset))
+        table.insert(summaries, dissect_frame(tvb, pinfo, root(), offset))
         offset = offset + HEADER_LEN + len
     end
     return offset
@@ -441,7 +455,7 @@ function crust.dissector(tvb, pinfo, tree)
     end
     local offset = 0
     local summaries = {}
-    local root = tree:add(crust, tvb(), "Crust")
+    local root = lazy_root(tree, tvb, "Crust")
     if state.preamble_frame == nil or state.preamble_frame == pinfo.number then
         if tvb:len() < PREAMBLE_LEN then
             pinfo.desegment_offset = 0
@@ -449,7 +463,7 @@ function crust.dissector(tvb, pinfo, tree)
             return tvb:len()
         end
         if tvb(0, 4):string() == MAGIC then
-            local mode, summary = dissect_preamble(tvb, root, 0)
+            local mode, summary = dissect_preamble(tvb, root(), 0)
             state.preamble_frame = pinfo.number
             state.mode = mode
             stream.mode = stream.mode or mode
@@ -499,7 +513,7 @@ local function heuristic_tls(tvb, pinfo, tree)
         return false
     end
     local summaries = {}
-    local root = tree:add(crust, tvb(), "Crust (decrypted)")
+    local root = lazy_root(tree, tvb, "Crust (decrypted)")
     dissect_frames(tvb, pinfo, root, 0, summaries)
     set_info(pinfo, summaries)
     pinfo.cols.protocol = "Crust/TLS"
