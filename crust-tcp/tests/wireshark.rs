@@ -195,6 +195,11 @@ impl Drop for Capture {
 /// `tshark` with the dissector on `file`: one line per packet with a Crust item, fields
 /// separated by tabs (several occurrences in one packet by commas).
 fn tshark(file: &Path, extra: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
+    tshark_filtered(file, "crust", extra, fields)
+}
+
+/// [`tshark`] with another display filter.
+fn tshark_filtered(file: &Path, filter: &str, extra: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
     let mut cmd = Command::new("tshark");
     cmd.arg("-X")
         .arg(format!("lua_script:{}", lua_script().display()))
@@ -202,7 +207,7 @@ fn tshark(file: &Path, extra: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
         .args(extra)
         .arg("-r")
         .arg(file)
-        .args(["-Y", "crust", "-T", "fields", "-E", "separator=/t"]);
+        .args(["-Y", filter, "-T", "fields", "-E", "separator=/t"]);
     for field in fields {
         cmd.args(["-e", field]);
     }
@@ -537,7 +542,7 @@ async fn normal_session_preamble_is_recognised() {
     // Without the keys the frames stay hidden inside TLS.
     let frames = tshark(&capture.file, &[], &["crust.frame.kind_name"]);
     assert!(frames.iter().all(|r| r[0].is_empty()), "{frames:?}");
-    let tls = tshark(&capture.file, &[], &["tls.record.opaque_type"]);
+    let tls = tshark_filtered(&capture.file, "tls", &[], &["tls.record.opaque_type"]);
     assert!(
         tls.iter().any(|r| r[0].contains("23")),
         "application data records: {tls:?}"
