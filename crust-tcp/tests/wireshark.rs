@@ -453,30 +453,24 @@ async fn tracer_session_is_decoded_frame_by_frame() {
             "crust.mode",
             "crust.message",
             "crust.ping.nonce",
-            "crust.addr.ipv4",
-            "crust.addr.port",
         ],
     );
     let preambles: Vec<_> = rows.iter().filter(|r| r[0] == "CRST").collect();
-    assert_eq!(preambles.len(), 2, "{rows:?}");
+    assert_eq!(preambles.len(), 2, "one preamble each way");
     for p in preambles {
         assert_eq!(&p[1..4], ["2", "2", "1"], "{p:?}");
     }
     let hello_hex: String = b"hello crust".iter().map(|b| format!("{b:02x}")).collect();
     assert!(
         rows.iter().any(|r| r[4].split(',').any(|m| m == hello_hex)),
-        "the known payload: {rows:?}"
+        "the known payload is not in the capture"
     );
-    assert!(
-        rows.iter().any(|r| r[5].contains("0x0102030405060708")),
-        "{rows:?}"
-    );
-    assert!(
-        rows.iter()
-            .any(|r| r[6] == "127.0.0.1" && r[7] == port.to_string()),
-        "observed address: {rows:?}"
-    );
-
+    let nonces: Vec<&str> = rows
+        .iter()
+        .map(|r| r[5].as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(nonces, ["0x0102030405060708"; 2], "ping and pong");
     // The filtering test and the hole-punch offer, field by field.
     let fields = [
         "crust.filtering.type",
@@ -516,6 +510,7 @@ async fn tracer_session_is_decoded_frame_by_frame() {
     );
     expect("crust.addr.ipv6", &["::1", "::1"]);
     let port = port.to_string();
+    // The observed address (where Alice sees Bob) first.
     expect("crust.addr.port", &[port.as_str(), "8080", "4000", "5000"]);
 }
 
@@ -575,6 +570,6 @@ async fn key_logged_tls_session_is_decrypted() {
     let reply_hex: String = b"reply".iter().map(|b| format!("{b:02x}")).collect();
     assert!(
         rows.iter().any(|r| r[0].split(',').any(|m| m == reply_hex)),
-        "the known payload: {rows:?}"
+        "the known payload is not in the decrypted capture"
     );
 }
