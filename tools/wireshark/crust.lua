@@ -4,7 +4,8 @@
 -- In tracer mode (frames in clear text) it decodes the authentication exchange and every
 -- frame; in TLS mode it hands the stream to Wireshark's TLS dissector, and when the TLS
 -- session is decrypted (a key log from `crust-peer --key-log FILE`, given to Wireshark as
--- `tls.keylog_file`) it decodes the frames inside as well.
+-- `tls.keylog_file`) it decodes the frames inside as well. Reliable UDP (QUIC) decrypted
+-- with the same key log: the stream's preamble and frames are decoded too.
 --
 -- Use:   tshark -X lua_script:tools/wireshark/crust.lua -r capture.pcapng -O crust
 -- or copy it to ~/.local/lib/wireshark/plugins/ (Wireshark 4.0 or newer).
@@ -126,6 +127,7 @@ local ef_malformed = ProtoExpert.new("crust.malformed", "Malformed Crust payload
 crust.experts = { ef_malformed }
 
 local f_tcp_stream = Field.new("tcp.stream")
+local f_udp_stream = Field.new("udp.stream")
 local tls_handle = Dissector.get("tls")
 
 -- Per TCP stream, per direction: the frame number of its preamble and its mode.
@@ -139,8 +141,17 @@ local function stream_key()
     return s.value
 end
 
-local function direction_state(pinfo)
-    local key = stream_key()
+-- QUIC: the UDP conversation (Crust uses one bidirectional stream per connection).
+local function quic_key()
+    local s = f_udp_stream()
+    if s == nil then
+        return nil
+    end
+    return "quic:" .. s.value
+end
+
+local function direction_state(pinfo, key)
+    key = key or stream_key()
     if key == nil then
         return nil
     end
@@ -448,8 +459,11 @@ local function dissect_frames(tvb, pinfo, root, offset, summaries)
     return offset
 end
 
-function crust.dissector(tvb, pinfo, tree)
-    local state, stream = direction_state(pinfo)
+-- One direction of a Crust stream from `tvb`'s start: the preamble (in the direction's
+-- first bytes), then frames, or TLS records on a TLS-mode TCP connection. `frames_inside`:
+-- the transport already decrypted (QUIC), so frames follow the preamble whatever the mode.
+local function dissect_stream(tvb, pinfo, tree, key, frames_inside)
+    local state, stream = direction_state(pinfo, key)
     if state == nil then
         return 0
     end
@@ -472,7 +486,7 @@ function crust.dissector(tvb, pinfo, tree)
         end
     end
     local mode = state.mode or stream.mode
-    if mode == "tls" then
+    if mode == "tls" and not frames_inside then
         set_info(pinfo, summaries)
         if offset < tvb:len() and tls_handle ~= nil then
             -- Each dissector layer lowers can_desegment; TLS must still be able to ask
@@ -488,7 +502,14 @@ function crust.dissector(tvb, pinfo, tree)
     end
     local done = dissect_frames(tvb, pinfo, root, offset, summaries)
     set_info(pinfo, summaries)
+    if frames_inside then
+        pinfo.cols.protocol = "Crust/QUIC"
+    end
     return done
+end
+
+function crust.dissector(tvb, pinfo, tree)
+    return dissect_stream(tvb, pinfo, tree, nil, false)
 end
 
 -- Crust on any TCP port: a segment that starts with the preamble.
@@ -520,5 +541,17 @@ local function heuristic_tls(tvb, pinfo, tree)
     return true
 end
 
+-- Decrypted QUIC stream data (a key log): Crust's ALPN names it, and the stream opens with
+-- the preamble.
+local crust_quic = Proto("crust_quic", "Crust over QUIC")
+
+function crust_quic.dissector(tvb, pinfo, tree)
+    return dissect_stream(tvb, pinfo, tree, quic_key(), true)
+end
+
 crust:register_heuristic("tcp", heuristic_tcp)
+local quic_alpn = DissectorTable.get("quic.proto")
+if quic_alpn ~= nil then
+    quic_alpn:add("crust/1", crust_quic)
+end
 crust:register_heuristic("tls", heuristic_tls)
