@@ -224,8 +224,8 @@ fn tshark_filtered(file: &Path, filter: &str, extra: &[&str], fields: &[&str]) -
 }
 
 /// The frames (kind name, length) each side sent, by source port, in order.
-fn frames_by_port(rows: &[Vec<String>]) -> Vec<(u16, Vec<(String, u32)>)> {
-    let mut out: Vec<(u16, Vec<(String, u32)>)> = Vec::new();
+fn frames_by_port(rows: &[Vec<String>]) -> Vec<(u16, Frames)> {
+    let mut out: Vec<(u16, Frames)> = Vec::new();
     for row in rows {
         let [port, kinds, lengths] = &row[..] else {
             panic!("unexpected row {row:?}");
@@ -246,7 +246,7 @@ fn frames_by_port(rows: &[Vec<String>]) -> Vec<(u16, Vec<(String, u32)>)> {
     out
 }
 
-fn frame_list(items: &[(&str, u32)]) -> Vec<(String, u32)> {
+fn frame_list(items: &[(&str, u32)]) -> Frames {
     items.iter().map(|(k, l)| ((*k).to_owned(), *l)).collect()
 }
 
@@ -379,7 +379,11 @@ async fn captured_session(alice: TcpTransport, bob: TcpTransport) -> (Capture, u
     (capture, addr.port())
 }
 
-fn expected_frames(handshake: bool) -> (Vec<(String, u32)>, Vec<(String, u32)>) {
+/// Frames of one direction: kind name and payload length, in order.
+type Frames = Vec<(String, u32)>;
+
+/// The frames the dialler and the listener send in [`exchange`].
+fn expected_frames(handshake: bool) -> (Frames, Frames) {
     let mut alice = Vec::new();
     let mut bob = Vec::new();
     if handshake {
@@ -405,7 +409,7 @@ fn expected_frames(handshake: bool) -> (Vec<(String, u32)>, Vec<(String, u32)>) 
 }
 
 /// Replaces the hello lengths (they depend on the certificate) with the real ones.
-fn with_hello_lengths(expected: &mut [(String, u32)], hello_len: u32) {
+fn with_hello_lengths(expected: &mut Frames, hello_len: u32) {
     for (kind, len) in expected.iter_mut() {
         if kind == "TracerHello" {
             *len = hello_len;
