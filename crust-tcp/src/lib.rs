@@ -9,9 +9,18 @@
 //! [`Error::NotCrust`] or
 //! [`Error::VersionMismatch`]. The dialer pipelines it: its preamble and TLS ClientHello go
 //! out together, and the listener's preamble is checked as the first 8 bytes read
-//! ([`wire::PreambleStream`]), so it costs no round trip. Then TLS 1.3 runs with
+//! ([`crust_core::wire::PreambleStream`]), so it costs no round trip. Then TLS 1.3 runs with
 //! the nodes' self-signed certificates; the verifiers accept exactly the peer's key (and
 //! when dialling with an expected [`PeerId`], only that one). See `docs/protocol.md`.
+//!
+//! ## Tracer mode and key log (debugging)
+//!
+//! With [`TcpConfig::tracer`] the preamble announces tracer mode, each side proves its
+//! `PeerId` by signing both sides' fresh nonces ([`crust_core::tracer`]), and the frames then
+//! travel in clear text so a capture shows them (`tools/wireshark/crust.lua`). A tracer node
+//! and a normal node refuse each other with [`Error::ModeMismatch`]. With
+//! [`TcpConfig::key_log`] the TLS secrets of every session go to a key log instead, for
+//! Wireshark to decrypt normal sessions. **Both expose the traffic: never in production.**
 //!
 //! ## What a listener bounds
 //!
