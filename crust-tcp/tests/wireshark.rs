@@ -275,6 +275,10 @@ async fn exchange(to_bob: Connection, to_alice: Connection) {
         .send_control(FrameKind::Unknown(17), Bytes::from(punch_offer()))
         .await
         .expect("punch offer");
+    alice_tx
+        .send_control(FrameKind::Unknown(19), Bytes::from(relay_credit()))
+        .await
+        .expect("relay credit");
     alice_tx.send("hello crust".into()).await.expect("hello");
     alice_tx
         .send(Bytes::from(vec![0xab; LARGE]))
@@ -345,6 +349,16 @@ fn punch_offer() -> Vec<u8> {
     out
 }
 
+/// A relay `Credit` (kind 19) as `docs/protocol.md` lays it out: type 7, circuit 7, the
+/// sender opened it, 65,536 bytes consumed. 10 bytes.
+fn relay_credit() -> Vec<u8> {
+    let mut out = vec![7];
+    out.extend_from_slice(&7u32.to_be_bytes());
+    out.push(1);
+    out.extend_from_slice(&65_536u32.to_be_bytes());
+    out
+}
+
 /// Every value tshark shows for each of `fields` over the whole capture.
 fn all_values(rows: &[Vec<String>], fields: usize) -> Vec<Vec<String>> {
     (0..fields)
@@ -399,6 +413,7 @@ fn expected_frames(handshake: bool) -> (Frames, Frames) {
         ("Ping", 8),
         ("NatFilteringTest", 32),
         ("HolePunch", 92),
+        ("Relay", 10),
         ("Message", 11),
         ("MessageChunk", 65_536),
         ("MessageChunk", 65_536),
@@ -475,7 +490,7 @@ async fn tracer_session_is_decoded_frame_by_frame() {
         .filter(|n| !n.is_empty())
         .collect();
     assert_eq!(nonces, ["0x0102030405060708"; 2], "ping and pong");
-    // The filtering test and the hole-punch offer, field by field.
+    // The filtering test, the hole-punch offer and the relay credit, field by field.
     let fields = [
         "crust.filtering.type",
         "crust.filtering.nonce",
@@ -491,6 +506,10 @@ async fn tracer_session_is_decoded_frame_by_frame() {
         "crust.addr.ipv4",
         "crust.addr.ipv6",
         "crust.addr.port",
+        "crust.relay.type",
+        "crust.relay.circuit",
+        "crust.relay.sender_opened",
+        "crust.relay.credit",
     ];
     let values = all_values(&tshark(&capture.file, &[], &fields), fields.len());
     let expect = |field: &str, want: &[&str]| {
@@ -516,6 +535,10 @@ async fn tracer_session_is_decoded_frame_by_frame() {
     let port = port.to_string();
     // The observed address (where Alice sees Bob) first.
     expect("crust.addr.port", &[port.as_str(), "8080", "4000", "5000"]);
+    expect("crust.relay.type", &["7"]);
+    expect("crust.relay.circuit", &["7"]);
+    expect("crust.relay.sender_opened", &["1"]);
+    expect("crust.relay.credit", &["65536"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@
 -- or copy it to ~/.local/lib/wireshark/plugins/ (Wireshark 4.0 or newer).
 --
 -- Control payloads are decoded field by field: ping/pong (1/2), observed address (3),
--- superseded (6), NAT filtering test (16), hole-punch coordination (17), and tracer mode's
--- hello (24) and proof (25). Kinds 4 and 5 (reserved for gossip and relay) and plug-in kinds
+-- superseded (6), NAT filtering test (16), hole-punch coordination (17), relay circuits (19),
+-- and tracer mode's hello (24) and proof (25). Kinds 4 and 5 (reserved for gossip and relay) and plug-in kinds
 -- (32 and up) are shown as bytes, like user messages (0) and message chunks (7).
 
 local crust = Proto("crust", "Crust peer-to-peer protocol")
@@ -34,6 +34,7 @@ local kind_names = {
     [7] = "MessageChunk",
     [16] = "NatFilteringTest",
     [17] = "HolePunch",
+    [19] = "Relay",
     [24] = "TracerHello",
     [25] = "TracerProof",
 }
@@ -65,6 +66,19 @@ local nat_classes = {
     [5] = "address-restricted", [6] = "port-restricted", [7] = "symmetric",
 }
 local candidate_kinds = { [1] = "mapped", [2] = "observed", [3] = "local" }
+local relay_types = {
+    [1] = "Connect", [2] = "Incoming", [3] = "Accept", [4] = "Connected",
+    [5] = "Refuse", [6] = "Data", [7] = "Credit", [8] = "Close",
+}
+local relay_refuse_reasons = {
+    [1] = "relay disabled", [2] = "target not connected", [3] = "too many circuits",
+    [4] = "too many circuits for this peer", [5] = "target refused", [6] = "target timeout",
+    [7] = "invalid",
+}
+local relay_close_reasons = {
+    [0] = "finished", [1] = "byte limit", [2] = "time limit", [3] = "flow control",
+    [4] = "link lost", [5] = "protocol", [6] = "reset",
+}
 local refuse_reasons = {
     [1] = "target not connected", [2] = "coordinator busy", [3] = "target busy",
     [4] = "already connected", [5] = "crossed", [6] = "both symmetric",
@@ -112,6 +126,14 @@ local f = {
     probe_nonce = ProtoField.uint64("crust.punch.probe_nonce", "Probe nonce", base.HEX),
     candidates = ProtoField.uint8("crust.punch.candidates", "Candidates", base.DEC),
     candidate_kind = ProtoField.uint8("crust.punch.candidate_kind", "Candidate kind", base.DEC, candidate_kinds),
+    relay_type = ProtoField.uint8("crust.relay.type", "Type", base.DEC, relay_types),
+    relay_circuit = ProtoField.uint32("crust.relay.circuit", "Circuit id", base.DEC),
+    relay_peer = ProtoField.bytes("crust.relay.peer", "Peer"),
+    relay_sender_opened = ProtoField.uint8("crust.relay.sender_opened", "Sender opened the circuit", base.DEC),
+    relay_refuse = ProtoField.uint8("crust.relay.refuse_reason", "Refuse reason", base.DEC, relay_refuse_reasons),
+    relay_close = ProtoField.uint8("crust.relay.close_reason", "Close reason", base.DEC, relay_close_reasons),
+    relay_credit = ProtoField.uint32("crust.relay.credit", "Credit (bytes)", base.DEC),
+    relay_data = ProtoField.bytes("crust.relay.data", "Circuit bytes"),
     hello_nonce = ProtoField.bytes("crust.hello.nonce", "Nonce"),
     hello_cert = ProtoField.bytes("crust.hello.certificate", "Certificate (DER)"),
     proof_scheme = ProtoField.uint16("crust.proof.scheme", "Signature scheme", base.HEX, signature_schemes),
@@ -328,6 +350,38 @@ local function punch(range, tree, pinfo)
     return " " .. (punch_types[ty] or ("type " .. ty))
 end
 
+local function relay(range, tree, pinfo)
+    local r = reader(range, tree, pinfo)
+    local t = r:add(f.relay_type, 1)
+    local id = r:add(f.relay_circuit, 4)
+    if not t or not id then
+        return ""
+    end
+    local ty = t:uint()
+    if ty == 1 or ty == 2 then
+        local peer = r:take(32)
+        if peer then
+            local role = ty == 1 and "target" or "origin"
+            tree:add(f.relay_peer, peer):set_text("Peer (" .. role .. "): " .. peer:bytes():tohex():lower())
+        end
+    elseif ty == 5 then
+        r:add(f.relay_refuse, 1)
+    elseif ty == 6 or ty == 7 or ty == 8 then
+        r:add(f.relay_sender_opened, 1)
+        if ty == 6 then
+            if r:left() > 0 then
+                r:add(f.relay_data, r:left())
+            end
+        elseif ty == 7 then
+            r:add(f.relay_credit, 4)
+        else
+            r:add(f.relay_close, 1)
+        end
+    end
+    r:trailing()
+    return " " .. (relay_types[ty] or ("type " .. ty)) .. " circuit " .. id:uint()
+end
+
 local function hello(range, tree)
     if range:len() < 32 then
         tree:add_proto_expert_info(ef_malformed, "hello shorter than its nonce")
@@ -376,6 +430,8 @@ local function dissect_frame(tvb, pinfo, tree, offset)
             summary = filtering(body, ft, pinfo)
         elseif kind == 17 then
             summary = punch(body, ft, pinfo)
+        elseif kind == 19 then
+            summary = relay(body, ft, pinfo)
         elseif kind == 24 then
             summary = hello(body, ft)
         elseif kind == 25 then
