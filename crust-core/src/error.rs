@@ -55,6 +55,21 @@ pub enum Error {
         /// The version the peer announced.
         theirs: u16,
     },
+    /// The remote side speaks Crust, but in the other [`TransportMode`](crate::wire::TransportMode):
+    /// a tracer node (frames in clear text) and a normal node (frames inside TLS) refuse
+    /// each other; neither falls back to the other's mode.
+    #[error("transport mode mismatch: we use {ours} mode, peer uses {theirs} mode")]
+    ModeMismatch {
+        /// Our mode.
+        ours: crate::wire::TransportMode,
+        /// The mode the peer's preamble announced.
+        theirs: crate::wire::TransportMode,
+    },
+    /// The peer did not prove that it holds the key of the identity it presented (tracer
+    /// mode's signature over both sides' nonces is missing, malformed or wrong: an impostor
+    /// or a replayed handshake).
+    #[error("peer authentication failed: {0}")]
+    Authentication(String),
     /// The handshake (preamble and TLS) did not finish within the configured time.
     #[error("handshake did not complete within {0:?}")]
     HandshakeTimeout(Duration),

@@ -11,7 +11,10 @@
 //!   with framing ([`wire`]), size limits, batching, and a priority lane for control frames
 //!   that large messages (sent in chunks) never hold up, implemented once, here;
 //! - [`tls`]: the rustls configuration (TLS 1.3, mutual authentication, key pinning) that
-//!   every transport uses;
+//!   every transport uses, and an opt-in key log ([`tls::KeyLogWriter`]) with which
+//!   Wireshark can decrypt a session;
+//! - [`tracer`]: the authentication exchange of tracer mode (frames in clear text on TCP,
+//!   for debugging);
 //! - [`Error`]: one typed error for all of it;
 //! - [`limits`] and [`fs`]: a token bucket, a per-address limiter and atomic file writes,
 //!   shared by the crates above;
@@ -47,6 +50,7 @@ mod peer_addr;
 pub mod probe;
 pub mod punch;
 pub mod tls;
+pub mod tracer;
 mod traits;
 pub mod wire;
 

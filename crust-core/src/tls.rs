@@ -7,6 +7,8 @@
 //! when dialling with an expected `PeerId`, any other key is refused during the handshake,
 //! before we send our own certificate or any data.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -101,6 +103,15 @@ impl ClientConfigs {
         })
     }
 
+    /// The same configurations, logging the TLS secrets of every session to `key_log`
+    /// (see [`KeyLogWriter`]).
+    pub fn with_key_log(mut self, key_log: Arc<dyn rustls::KeyLog>) -> Self {
+        let mut config = rustls::ClientConfig::clone(&self.any_peer.0);
+        config.key_log = key_log;
+        self.any_peer.0 = Arc::new(config);
+        self
+    }
+
     /// The configuration for one dial: with `expected` set, only a peer whose key hashes to
     /// that `PeerId` is accepted, and the returned verifier remembers a refused key (see
     /// [`dial_handshake_error`]). Same result as [`client_config`], without parsing the key.
@@ -153,6 +164,82 @@ pub fn dial_handshake_error(verifier: &PeerKeyVerifier, detail: impl std::fmt::D
 
 fn tls_config_error(e: rustls::Error) -> Error {
     Error::Handshake(format!("tls configuration: {e}"))
+}
+
+/// A TLS key log in the `SSLKEYLOGFILE` format (NSS key log): one line per secret,
+/// `LABEL <client random, hex> <secret, hex>`, appended to a file that Wireshark reads
+/// (`tls.keylog_file`) to decrypt captured sessions, TCP and QUIC alike.
+///
+/// **Security warning:** anyone who can read this file and a capture of the traffic can
+/// decrypt every session logged in it, and the file is not deleted or rotated by Crust. Use
+/// it only for debugging, on machines and peers you control, and delete it afterwards. It
+/// is created readable by its owner only (mode `0600` on Unix). Off unless configured
+/// (`TcpConfig::key_log`, `RudpConfig::key_log`, `ServiceConfig::key_log_file`,
+/// `crust-peer --key-log FILE`); the `SSLKEYLOGFILE` environment variable is never read by
+/// Crust itself.
+pub struct KeyLogWriter {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl KeyLogWriter {
+    /// Opens (creating it if needed) the key log at `path` for appending, and warns in the
+    /// log that secrets are being written.
+    pub fn create(path: impl AsRef<Path>) -> Result<Arc<Self>> {
+        let path = path.as_ref().to_path_buf();
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(&path)?;
+        tracing::warn!(path = %path.display(), "TLS KEY LOG ENABLED: the secrets of every TLS session are written to this file; anyone holding it and a capture can decrypt the traffic");
+        Ok(Arc::new(KeyLogWriter {
+            path,
+            file: Mutex::new(file),
+        }))
+    }
+
+    /// The file the secrets go to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for KeyLogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLogWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl rustls::KeyLog for KeyLogWriter {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        let mut line =
+            String::with_capacity(label.len() + 2 * (client_random.len() + secret.len()) + 3);
+        line.push_str(label);
+        line.push(' ');
+        push_hex(&mut line, client_random);
+        line.push(' ');
+        push_hex(&mut line, secret);
+        line.push('\n');
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        // One write per line, so concurrent handshakes never interleave within a line.
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the TLS key log");
+        }
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 /// Certificate verifier for both directions: accepts exactly one self-signed certificate,
@@ -286,5 +373,41 @@ impl ClientCertVerifier for PeerKeyVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::KeyLog;
+
+    #[test]
+    fn key_log_lines_are_nss_format_and_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys.log");
+        let log = KeyLogWriter::create(&path).expect("create");
+        log.log(
+            "CLIENT_TRAFFIC_SECRET_0",
+            &[0x01, 0xab],
+            &[0xff, 0x00, 0x10],
+        );
+        log.log("SERVER_TRAFFIC_SECRET_0", &[0x02], &[0x0e]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            "CLIENT_TRAFFIC_SECRET_0 01ab ff0010\nSERVER_TRAFFIC_SECRET_0 02 0e\n"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A second writer appends.
+        KeyLogWriter::create(&path)
+            .expect("reopen")
+            .log("EXPORTER_SECRET", &[3], &[4]);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.ends_with("EXPORTER_SECRET 03 04\n"), "{text}");
     }
 }

@@ -102,6 +102,12 @@ pub struct RudpConfig {
     /// How long a connection attempt may wait for a handshake slot before it is refused.
     /// Default [`DEFAULT_HANDSHAKE_QUEUE_TIMEOUT`] (5 s).
     pub handshake_queue_timeout: Duration,
+    /// Log the TLS secrets of every QUIC connection here (`SSLKEYLOGFILE` format, e.g.
+    /// [`crust_core::tls::KeyLogWriter`]), so Wireshark can decrypt a capture.
+    ///
+    /// **Security warning:** whoever holds the log and a capture reads the traffic. For
+    /// debugging only. Default `None`.
+    pub key_log: Option<Arc<dyn rustls::KeyLog>>,
 }
 
 impl Default for RudpConfig {
@@ -117,6 +123,7 @@ impl Default for RudpConfig {
             max_queued_handshakes: DEFAULT_MAX_QUEUED_HANDSHAKES,
             max_queued_handshakes_per_ip: DEFAULT_MAX_QUEUED_HANDSHAKES_PER_IP,
             handshake_queue_timeout: DEFAULT_HANDSHAKE_QUEUE_TIMEOUT,
+            key_log: None,
         }
     }
 }
@@ -143,11 +150,18 @@ impl fmt::Debug for RudpConfig {
                 &self.max_queued_handshakes_per_ip,
             )
             .field("handshake_queue_timeout", &self.handshake_queue_timeout)
+            .field("key_log", &self.key_log)
             .finish_non_exhaustive()
     }
 }
 
 impl RudpConfig {
+    /// Sets [`RudpConfig::key_log`].
+    pub fn with_key_log(mut self, key_log: Arc<dyn rustls::KeyLog>) -> Self {
+        self.key_log = Some(key_log);
+        self
+    }
+
     /// Sets [`RudpConfig::connection`].
     pub fn with_connection_config(mut self, connection: ConnectionConfig) -> Self {
         self.connection = connection;

@@ -207,14 +207,20 @@ impl Inner {
             .max_concurrent_uni_streams(0u32.into());
         let transport_config = Arc::new(transport);
 
-        let tls = tls::server_config(&identity, config.crypto_provider.clone(), &[wire::ALPN])?;
+        let mut tls = tls::server_config(&identity, config.crypto_provider.clone(), &[wire::ALPN])?;
+        if let Some(key_log) = &config.key_log {
+            tls.key_log = key_log.clone();
+        }
         let quic = QuicServerConfig::try_from(Arc::new(tls))
             .map_err(|e| Error::Handshake(format!("quic server configuration: {e}")))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(transport_config.clone());
 
-        let client_configs =
+        let mut client_configs =
             tls::ClientConfigs::new(&identity, config.crypto_provider.clone(), &[wire::ALPN])?;
+        if let Some(key_log) = &config.key_log {
+            client_configs = client_configs.with_key_log(key_log.clone());
+        }
         let any_peer_client =
             quic_client_config(client_configs.for_dial(None).0, transport_config.clone())?;
 

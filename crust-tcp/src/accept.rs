@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crust_core::limits::{Admission, HandshakeQueue};
-use crust_core::{ConnectionInfo, Direction, Error, Protocol, Result, SecureStream, tls, wire};
+use crust_core::{ConnectionInfo, Direction, Error, Protocol, Result, SecureStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
+use crate::secure::Handshaker;
 use crate::{TcpConfig, configure_stream, punch};
 
 /// A connection that waits for a handshake slot.
@@ -27,7 +27,7 @@ type Waiting = (TcpStream, SocketAddr);
 /// handshake tasks belong to this task: aborting it (dropping the listener) aborts them.
 pub(crate) async fn accept_loop(
     listener: Arc<tokio::net::TcpListener>,
-    acceptor: TlsAcceptor,
+    handshaker: Handshaker,
     config: TcpConfig,
     ready: mpsc::Sender<SecureStream>,
     punch_waiters: punch::PunchWaiters,
@@ -40,7 +40,7 @@ pub(crate) async fn accept_loop(
     let start = |tasks: &mut JoinSet<()>,
                  running: &mut HashMap<tokio::task::Id, IpAddr>,
                  (tcp, remote): Waiting| {
-        let handshake = handshake_task(tcp, remote, local, acceptor.clone(), &config, &ready);
+        let handshake = handshake_task(tcp, remote, local, handshaker.clone(), &config, &ready);
         let id = tasks.spawn(handshake).id();
         running.insert(id, remote.ip());
     };
@@ -113,7 +113,7 @@ fn handshake_task(
     tcp: TcpStream,
     remote: SocketAddr,
     local: Option<SocketAddr>,
-    acceptor: TlsAcceptor,
+    handshaker: Handshaker,
     config: &TcpConfig,
     ready: &mpsc::Sender<SecureStream>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -121,11 +121,15 @@ fn handshake_task(
     let timeout = config.connection.handshake_timeout;
     let keepalive = config.tcp_keepalive;
     async move {
-        let handshake = accept_handshake(tcp, remote, acceptor, keepalive);
+        let handshake = accept_handshake(tcp, remote, handshaker, keepalive);
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(stream)) => {
                 tracing::debug!(peer = %stream.info.peer_id, %remote, ?local, "tcp connection accepted");
                 let _ = ready.send(stream).await;
+            }
+            // A peer in the other mode is a configuration error worth seeing.
+            Ok(Err(e @ Error::ModeMismatch { .. })) => {
+                tracing::info!(%remote, error = %e, "incoming tcp connection refused");
             }
             Ok(Err(e)) => tracing::debug!(%remote, error = %e, "incoming tcp handshake failed"),
             Err(_) => tracing::debug!(%remote, ?timeout, "incoming tcp handshake timed out"),
@@ -134,32 +138,26 @@ fn handshake_task(
 }
 
 async fn accept_handshake(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     remote: SocketAddr,
-    acceptor: TlsAcceptor,
+    handshaker: Handshaker,
     keepalive: Option<Duration>,
 ) -> Result<SecureStream> {
     configure_stream(&tcp, keepalive)?;
     let local_addr = tcp.local_addr()?;
-    wire::exchange_preamble(&mut tcp).await?;
-    let tls = acceptor
-        .accept(tcp)
-        .await
-        .map_err(|e| Error::Handshake(e.to_string()))?;
-    let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
+    let secured = handshaker.server(tcp, None).await?;
     let info = ConnectionInfo {
-        peer_id,
+        peer_id: secured.peer_id,
         local_addr,
         remote_addr: remote,
         protocol: Protocol::Tcp,
         direction: Direction::Inbound,
         path: crust_core::ConnectionPath::Direct,
     };
-    let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Server(tls));
     Ok(SecureStream {
         info,
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+        reader: secured.reader,
+        writer: secured.writer,
         keep_alive: None,
     })
 }

@@ -9,9 +9,18 @@
 //! [`Error::NotCrust`] or
 //! [`Error::VersionMismatch`]. The dialer pipelines it: its preamble and TLS ClientHello go
 //! out together, and the listener's preamble is checked as the first 8 bytes read
-//! ([`wire::PreambleStream`]), so it costs no round trip. Then TLS 1.3 runs with
+//! ([`crust_core::wire::PreambleStream`]), so it costs no round trip. Then TLS 1.3 runs with
 //! the nodes' self-signed certificates; the verifiers accept exactly the peer's key (and
 //! when dialling with an expected [`PeerId`], only that one). See `docs/protocol.md`.
+//!
+//! ## Tracer mode and key log (debugging)
+//!
+//! With [`TcpConfig::tracer`] the preamble announces tracer mode, each side proves its
+//! `PeerId` by signing both sides' fresh nonces ([`crust_core::tracer`]), and the frames then
+//! travel in clear text so a capture shows them (`tools/wireshark/crust.lua`). A tracer node
+//! and a normal node refuse each other with [`Error::ModeMismatch`]. With
+//! [`TcpConfig::key_log`] the TLS secrets of every session go to a key log instead, for
+//! Wireshark to decrypt normal sessions. **Both expose the traffic: never in production.**
 //!
 //! ## What a listener bounds
 //!
@@ -61,7 +70,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod accept;
+mod config;
 mod punch;
+mod secure;
+
+pub use config::{TcpConfig, tracer_permitted};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -69,169 +82,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crust_core::limits::FairShare;
+use crust_core::wire::TransportMode;
 use crust_core::{
     ConnectionConfig, ConnectionInfo, Direction, Endpoint, Error, Identity, Listener, PeerId,
-    Protocol, Result, SecureStream, Transport, tls, wire,
+    Protocol, Result, SecureStream, Transport,
 };
-use rustls::crypto::CryptoProvider;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-/// Configuration of a [`TcpTransport`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct TcpConfig {
-    /// Message size limit, send queue and handshake timeout. Default: [`ConnectionConfig::default`].
-    pub connection: ConnectionConfig,
-    /// The rustls crypto provider. Default: [`tls::default_crypto_provider`] (*ring*).
-    pub crypto_provider: Arc<CryptoProvider>,
-    /// Dial from the port we listen on (SO_REUSEADDR + SO_REUSEPORT), as TCP hole punching
-    /// by simultaneous open needs. Default: `false` (dial from an ephemeral port).
-    pub dial_from_listen_port: bool,
-    /// Incoming handshakes in flight at once, over all sources. Connections beyond it wait
-    /// for a slot in the listener's queue (see [`TcpConfig::max_queued_handshakes`]). A slot
-    /// is held from the start of the handshake until the authenticated connection is in the
-    /// accept queue, so an application that is slow to [`Listener::accept`] holds back new
-    /// handshakes instead of letting finished ones pile up. Default 256.
-    pub max_pending_handshakes: usize,
-    /// Incoming handshakes in flight at once from one IP address: its fair share of the
-    /// slots, so that one host that opens connections and stalls them cannot take every
-    /// slot. Connections beyond it wait in the queue (they are not dropped), so honest bursts
-    /// from one address (a NAT, a proxy) are all served, a share at a time. Default 64 (a
-    /// quarter of the default slots); `usize::MAX` turns the per-address share off.
-    pub max_pending_handshakes_per_ip: usize,
-    /// Incoming handshakes in flight at once from one subnet (an IPv4 /24, an IPv6 /64), so
-    /// that a host with many addresses cannot take every slot either. Connections beyond it
-    /// wait in the queue. Default 128 (half of the default slots); `usize::MAX` turns it off.
-    pub max_pending_handshakes_per_subnet: usize,
-    /// Connections waiting for a handshake slot, over all sources. Waiting connections are
-    /// served round-robin across subnets and oldest first within one. When the queue is full
-    /// a newcomer takes the place of the newest waiting connection of the address with the
-    /// most waiting (if it has more waiting than the newcomer's address), otherwise the
-    /// newcomer is closed at once. Default 1024.
-    pub max_queued_handshakes: usize,
-    /// Connections from one IP address waiting for a handshake slot; newcomers beyond it
-    /// are closed at once. Default 512.
-    pub max_queued_handshakes_per_ip: usize,
-    /// How long a connection may wait for a handshake slot before it is closed. A dialler
-    /// gives up after its own handshake timeout anyway, which includes this wait. Default 5 s.
-    pub handshake_queue_timeout: Duration,
-    /// Authenticated connections waiting for [`Listener::accept`]. Default 128.
-    pub accept_queue_len: usize,
-    /// TCP keep-alive idle time, so vanished peers are noticed on idle connections.
-    /// Default 30 s; `None` disables it.
-    pub tcp_keepalive: Option<Duration>,
-    /// Listen backlog. Default 1024.
-    pub listen_backlog: u32,
-}
-
-impl Default for TcpConfig {
-    fn default() -> Self {
-        // 256 slots; a quarter per address, half per subnet; a queue of 1024 (512 per
-        // address) and a wait of at most 5 s.
-        let share = FairShare::new(256);
-        TcpConfig {
-            connection: ConnectionConfig::default(),
-            crypto_provider: tls::default_crypto_provider(),
-            dial_from_listen_port: false,
-            max_pending_handshakes: share.max_in_flight,
-            max_pending_handshakes_per_ip: share.max_in_flight_per_ip,
-            max_pending_handshakes_per_subnet: share.max_in_flight_per_subnet,
-            max_queued_handshakes: share.max_queued,
-            max_queued_handshakes_per_ip: share.max_queued_per_ip,
-            handshake_queue_timeout: share.max_wait,
-            accept_queue_len: 128,
-            tcp_keepalive: Some(Duration::from_secs(30)),
-            listen_backlog: 1024,
-        }
-    }
-}
-
-impl TcpConfig {
-    /// Sets [`TcpConfig::connection`].
-    pub fn with_connection_config(mut self, connection: ConnectionConfig) -> Self {
-        self.connection = connection;
-        self
-    }
-
-    /// Sets [`TcpConfig::crypto_provider`].
-    pub fn with_crypto_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
-        self.crypto_provider = provider;
-        self
-    }
-
-    /// Sets [`TcpConfig::dial_from_listen_port`].
-    pub fn with_dial_from_listen_port(mut self, enabled: bool) -> Self {
-        self.dial_from_listen_port = enabled;
-        self
-    }
-
-    /// Sets [`TcpConfig::max_pending_handshakes`] (at least 1); the shares per address and
-    /// per subnet are left as they are.
-    pub fn with_max_pending_handshakes(mut self, n: usize) -> Self {
-        self.max_pending_handshakes = n.max(1);
-        self
-    }
-
-    /// Sets [`TcpConfig::max_pending_handshakes_per_ip`] (at least 1).
-    pub fn with_max_pending_handshakes_per_ip(mut self, n: usize) -> Self {
-        self.max_pending_handshakes_per_ip = n.max(1);
-        self
-    }
-
-    /// Sets [`TcpConfig::max_pending_handshakes_per_subnet`] (at least 1).
-    pub fn with_max_pending_handshakes_per_subnet(mut self, n: usize) -> Self {
-        self.max_pending_handshakes_per_subnet = n.max(1);
-        self
-    }
-
-    /// Sets [`TcpConfig::max_queued_handshakes`] and
-    /// [`TcpConfig::max_queued_handshakes_per_ip`] (each at least 1).
-    pub fn with_max_queued_handshakes(mut self, total: usize, per_ip: usize) -> Self {
-        self.max_queued_handshakes = total.max(1);
-        self.max_queued_handshakes_per_ip = per_ip.max(1);
-        self
-    }
-
-    /// Sets [`TcpConfig::handshake_queue_timeout`].
-    pub fn with_handshake_queue_timeout(mut self, wait: Duration) -> Self {
-        self.handshake_queue_timeout = wait;
-        self
-    }
-
-    /// Sets [`TcpConfig::accept_queue_len`] (at least 1).
-    pub fn with_accept_queue_len(mut self, n: usize) -> Self {
-        self.accept_queue_len = n.max(1);
-        self
-    }
-
-    /// The handshake slots' fair share as configured here.
-    fn fair_share(&self) -> FairShare {
-        let mut share = FairShare::new(self.max_pending_handshakes);
-        share.max_in_flight_per_ip = self.max_pending_handshakes_per_ip;
-        share.max_in_flight_per_subnet = self.max_pending_handshakes_per_subnet;
-        share.max_queued = self.max_queued_handshakes;
-        share.max_queued_per_ip = self.max_queued_handshakes_per_ip;
-        share.max_wait = self.handshake_queue_timeout;
-        share
-    }
-
-    /// Sets [`TcpConfig::tcp_keepalive`].
-    pub fn with_tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
-        self.tcp_keepalive = idle;
-        self
-    }
-}
 
 /// The TCP + TLS 1.3 transport.
 pub struct TcpTransport {
     identity: Identity,
     config: TcpConfig,
-    acceptor: TlsAcceptor,
-    /// Client configs (key parsed once; a per-dial verifier only when a `PeerId` is expected).
-    client_configs: tls::ClientConfigs,
+    /// Preamble and TLS (or tracer authentication), both sides.
+    handshaker: secure::Handshaker,
     /// Addresses we listen on, for dialling from the listening port.
     listen_addrs: Arc<Mutex<Vec<SocketAddr>>>,
     /// Hole punches in progress, waiting for connections from these addresses.
@@ -240,13 +104,26 @@ pub struct TcpTransport {
 
 impl TcpTransport {
     /// A transport for `identity`.
+    ///
+    /// Fails with [`Error::Unsupported`] when [`TcpConfig::tracer`] is set in a release
+    /// build without [`TcpConfig::allow_tracer_in_release`].
     pub fn new(identity: Identity, config: TcpConfig) -> Result<Self> {
-        let server = tls::server_config(&identity, config.crypto_provider.clone(), &[])?;
-        let client_configs =
-            tls::ClientConfigs::new(&identity, config.crypto_provider.clone(), &[])?;
+        if config.tracer {
+            if !tracer_permitted(cfg!(debug_assertions), config.allow_tracer_in_release) {
+                return Err(Error::Unsupported(
+                    "tracer mode (frames in clear text) is refused in a release build unless allow_tracer_in_release is set".into(),
+                ));
+            }
+            tracing::warn!(peer = %identity.peer_id(), "TRACER MODE ON: TCP frames travel UNENCRYPTED (authenticated, not secret); peers in normal mode are refused; for debugging only");
+        }
+        let handshaker = secure::Handshaker::new(
+            identity.clone(),
+            config.crypto_provider.clone(),
+            config.mode(),
+            config.key_log.clone(),
+        )?;
         Ok(TcpTransport {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            client_configs,
+            handshaker,
             identity,
             config,
             listen_addrs: Arc::new(Mutex::new(Vec::new())),
@@ -259,9 +136,9 @@ impl TcpTransport {
         &self.config
     }
 
-    fn connector_for(&self, expected: Option<PeerId>) -> (TlsConnector, Arc<tls::PeerKeyVerifier>) {
-        let (client, verifier) = self.client_configs.for_dial(expected);
-        (TlsConnector::from(client), verifier)
+    /// The mode of this transport's connections.
+    pub fn mode(&self) -> TransportMode {
+        self.handshaker.mode()
     }
 
     fn listen_port_for(&self, remote: SocketAddr) -> Option<SocketAddr> {
@@ -358,7 +235,7 @@ impl Transport for TcpTransport {
         let (tx, rx) = mpsc::channel(self.config.accept_queue_len.max(1));
         let accept_task = tokio::spawn(accept::accept_loop(
             listener.clone(),
-            self.acceptor.clone(),
+            self.handshaker.clone(),
             self.config.clone(),
             tx,
             self.punch_waiters.clone(),
@@ -416,48 +293,29 @@ impl TcpTransport {
         expected: Option<PeerId>,
         from_listen_port: bool,
     ) -> Result<SecureStream> {
-        let (connector, verifier) = self.connector_for(expected);
-        {
-            let tcp = if from_listen_port {
-                self.connect_tcp(addr).await?
-            } else {
-                self.connect_from(addr, None).await?
-            };
-            let local_addr = tcp.local_addr()?;
-            // Pipelined preamble: ours goes out with the ClientHello, and the listener's is
-            // checked as the first 8 bytes TLS reads, so no round trip is spent waiting for it.
-            let tls = connector
-                .connect(tls::server_name(), wire::PreambleStream::new(tcp))
-                .await
-                .map_err(|e| match wire::preamble_error(e) {
-                    Ok(preamble) => preamble,
-                    Err(e) => tls::dial_handshake_error(&verifier, e),
-                })?;
-            let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
-            if let Some(expected) = expected {
-                if expected != peer_id {
-                    return Err(Error::PeerIdMismatch {
-                        expected,
-                        actual: peer_id,
-                    });
-                }
-            }
-            let info = ConnectionInfo {
-                peer_id,
-                local_addr,
-                remote_addr: addr,
-                protocol: Protocol::Tcp,
-                direction: Direction::Outbound,
-                path: crust_core::ConnectionPath::Direct,
-            };
-            let (reader, writer) = tokio::io::split(tokio_rustls::TlsStream::Client(tls));
-            Ok(SecureStream {
-                info,
-                reader: Box::new(reader),
-                writer: Box::new(writer),
-                keep_alive: None,
-            })
-        }
+        let tcp = if from_listen_port {
+            self.connect_tcp(addr).await?
+        } else {
+            self.connect_from(addr, None).await?
+        };
+        let local_addr = tcp.local_addr()?;
+        // Pipelined preamble: ours goes out with the ClientHello, and the listener's is
+        // checked as the first 8 bytes TLS reads, so no round trip is spent waiting for it.
+        let secured = self.handshaker.client(tcp, expected, true).await?;
+        let info = ConnectionInfo {
+            peer_id: secured.peer_id,
+            local_addr,
+            remote_addr: addr,
+            protocol: Protocol::Tcp,
+            direction: Direction::Outbound,
+            path: crust_core::ConnectionPath::Direct,
+        };
+        Ok(SecureStream {
+            info,
+            reader: secured.reader,
+            writer: secured.writer,
+            keep_alive: None,
+        })
     }
 }
 
@@ -539,6 +397,23 @@ pub(crate) fn configure_stream(stream: &TcpStream, keepalive: Option<Duration>) 
 mod tests {
     use super::*;
 
+    #[test]
+    fn tracer_needs_an_explicit_allowance_in_release_builds() {
+        assert!(tracer_permitted(true, false));
+        assert!(tracer_permitted(true, true));
+        assert!(tracer_permitted(false, true));
+        assert!(!tracer_permitted(false, false));
+        // This test build has debug assertions: tracer mode starts without the allowance.
+        let transport = TcpTransport::new(
+            Identity::generate().expect("identity"),
+            TcpConfig::default().with_tracer(true),
+        );
+        assert_eq!(
+            transport.map(|t| t.mode()).ok(),
+            cfg!(debug_assertions).then_some(TransportMode::Tracer)
+        );
+    }
+
     /// A listener shut down (as [`TcpListener`]'s drop does) while its receiver is still
     /// alive: accept fails with EINVAL, and the loop ends quietly instead of warning every
     /// 50 ms until it is aborted.
@@ -562,7 +437,7 @@ mod tests {
             Duration::from_secs(5),
             accept::accept_loop(
                 listener,
-                transport.acceptor.clone(),
+                transport.handshaker.clone(),
                 transport.config.clone(),
                 tx,
                 punch::PunchWaiters::default(),

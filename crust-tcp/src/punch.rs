@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use crust_core::punch::{PunchPlan, PunchRole, PunchStrategy};
 use crust_core::{
-    ConnectionInfo, ConnectionPath, Direction, Error, PeerId, Protocol, Result, SecureStream, tls,
-    wire,
+    ConnectionInfo, ConnectionPath, Direction, Error, PeerId, Protocol, Result, SecureStream,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -74,61 +73,35 @@ impl TcpTransport {
     /// connection's `path` is [`ConnectionPath::PunchedTcp`].
     pub async fn upgrade(
         &self,
-        mut tcp: TcpStream,
+        tcp: TcpStream,
         role: PunchRole,
         expected: PeerId,
     ) -> Result<SecureStream> {
         crate::configure_stream(&tcp, self.config.tcp_keepalive)?;
         let local_addr = tcp.local_addr()?;
         let remote_addr = tcp.peer_addr()?;
-        wire::exchange_preamble(&mut tcp).await?;
-        let (peer_id, stream, direction) = match role {
-            PunchRole::Client => {
-                let (connector, verifier) = self.connector_for(Some(expected));
-                let tls = connector
-                    .connect(tls::server_name(), tcp)
-                    .await
-                    .map_err(|e| tls::dial_handshake_error(&verifier, e))?;
-                let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
-                (
-                    peer_id,
-                    tokio_rustls::TlsStream::Client(tls),
-                    Direction::Outbound,
-                )
-            }
-            PunchRole::Server => {
-                let tls = self
-                    .acceptor
-                    .accept(tcp)
-                    .await
-                    .map_err(|e| Error::Handshake(e.to_string()))?;
-                let peer_id = tls::peer_id_from_certificates(tls.get_ref().1.peer_certificates())?;
-                (
-                    peer_id,
-                    tokio_rustls::TlsStream::Server(tls),
-                    Direction::Inbound,
-                )
-            }
+        let (secured, direction) = match role {
+            PunchRole::Client => (
+                self.handshaker.client(tcp, Some(expected), false).await?,
+                Direction::Outbound,
+            ),
+            PunchRole::Server => (
+                self.handshaker.server(tcp, Some(expected)).await?,
+                Direction::Inbound,
+            ),
         };
-        if peer_id != expected {
-            return Err(Error::PeerIdMismatch {
-                expected,
-                actual: peer_id,
-            });
-        }
         let info = ConnectionInfo {
-            peer_id,
+            peer_id: secured.peer_id,
             local_addr,
             remote_addr,
             protocol: Protocol::Tcp,
             direction,
             path: ConnectionPath::PunchedTcp,
         };
-        let (reader, writer) = tokio::io::split(stream);
         Ok(SecureStream {
             info,
-            reader: Box::new(reader),
-            writer: Box::new(writer),
+            reader: secured.reader,
+            writer: secured.writer,
             keep_alive: None,
         })
     }
@@ -280,8 +253,7 @@ impl TcpTransport {
         let this = TcpTransport {
             identity: self.identity.clone(),
             config: self.config.clone(),
-            acceptor: self.acceptor.clone(),
-            client_configs: self.client_configs.clone(),
+            handshaker: self.handshaker.clone(),
             listen_addrs: self.listen_addrs.clone(),
             punch_waiters: self.punch_waiters.clone(),
         };

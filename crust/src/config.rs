@@ -204,6 +204,23 @@ pub struct ServiceConfig {
     /// gateway of the machine, which tests and single-machine demos must not do);
     /// `crust-peer` turns it on unless `--loopback` or `--no-port-mapping` is given.
     pub port_mapping: Option<crust_nat::PortMapConfig>,
+    /// **Tracer mode** for TCP, for debugging (see `crust_tcp::TcpConfig::tracer`): TCP
+    /// frames travel **unencrypted** after an authenticated handshake, so a capture with
+    /// `tools/wireshark/crust.lua` shows them. Peers must be tracer nodes too: a tracer node
+    /// and a normal node refuse each other's TCP connections (`ModeMismatch`). Reliable UDP
+    /// stays encrypted (use [`ServiceConfig::key_log_file`] to see it, or disable it).
+    /// Logged as a warning; refused by [`Service::new`](crate::Service::new) in a release
+    /// build unless [`ServiceConfig::allow_tracer_in_release`] is set. Default `false`.
+    pub tracer: bool,
+    /// Lets a release build run [`ServiceConfig::tracer`]. Default `false`.
+    pub allow_tracer_in_release: bool,
+    /// Append the TLS secrets of every TCP and QUIC session to this file (`SSLKEYLOGFILE`
+    /// format), so Wireshark (`tls.keylog_file`) can decrypt captures of them.
+    ///
+    /// **Security warning:** anyone who holds this file and a capture reads the traffic.
+    /// For debugging only; delete the file afterwards. Default `None` (the `SSLKEYLOGFILE`
+    /// environment variable is not read).
+    pub key_log_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -235,6 +252,9 @@ impl Default for ServiceConfig {
             bootstrap: None,
             beacon: None,
             port_mapping: None,
+            tracer: false,
+            allow_tracer_in_release: false,
+            key_log_file: None,
         }
     }
 }
@@ -279,6 +299,24 @@ impl ServiceConfig {
     /// Enables or disables TCP.
     pub fn with_tcp(mut self, enabled: bool) -> Self {
         self.enable_tcp = enabled;
+        self
+    }
+
+    /// Sets [`ServiceConfig::tracer`] (TCP frames in clear text, for debugging).
+    pub fn with_tracer(mut self, enabled: bool) -> Self {
+        self.tracer = enabled;
+        self
+    }
+
+    /// Sets [`ServiceConfig::allow_tracer_in_release`].
+    pub fn with_tracer_allowed_in_release(mut self, allowed: bool) -> Self {
+        self.allow_tracer_in_release = allowed;
+        self
+    }
+
+    /// Sets [`ServiceConfig::key_log_file`] (TLS secrets for Wireshark, for debugging).
+    pub fn with_key_log_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.key_log_file = Some(path.into());
         self
     }
 

@@ -189,6 +189,15 @@ pub enum DialFailure {
         /// Theirs.
         theirs: u16,
     },
+    /// The remote speaks Crust in the other transport mode: a tracer node (TCP frames in
+    /// clear text) and a normal node refuse each other.
+    #[error("transport mode mismatch: we use {ours} mode, the peer {theirs} mode")]
+    ModeMismatch {
+        /// Our mode.
+        ours: crust_core::wire::TransportMode,
+        /// Theirs.
+        theirs: crust_core::wire::TransportMode,
+    },
     /// The TLS or QUIC handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
@@ -218,6 +227,10 @@ impl DialFailure {
             },
             E::NotCrust => DialFailure::NotCrust,
             E::VersionMismatch { ours, theirs } => DialFailure::VersionMismatch {
+                ours: *ours,
+                theirs: *theirs,
+            },
+            E::ModeMismatch { ours, theirs } => DialFailure::ModeMismatch {
                 ours: *ours,
                 theirs: *theirs,
             },

@@ -95,20 +95,32 @@ impl Service {
             None => Identity::generate()?,
         };
         let mut transports: Vec<Box<dyn Transport>> = Vec::new();
+        let key_log = match &config.key_log_file {
+            Some(path) => Some(crust_core::tls::KeyLogWriter::create(path)?),
+            None => None,
+        };
         if config.enable_tcp {
             // Dialling from the listening port makes the port peers observe (and a NAT maps)
             // the one we listen on: what NAT classification and TCP hole punching need.
-            let tcp_config = crust_tcp::TcpConfig::default()
+            let mut tcp_config = crust_tcp::TcpConfig::default()
                 .with_connection_config(config.connection.clone())
-                .with_dial_from_listen_port(true);
+                .with_dial_from_listen_port(true)
+                .with_tracer(config.tracer)
+                .with_tracer_allowed_in_release(config.allow_tracer_in_release);
+            if let Some(key_log) = &key_log {
+                tcp_config = tcp_config.with_key_log(key_log.clone());
+            }
             transports.push(Box::new(crust_tcp::TcpTransport::new(
                 identity.clone(),
                 tcp_config,
             )?));
         }
         if config.enable_rudp {
-            let rudp_config =
+            let mut rudp_config =
                 crust_rudp::RudpConfig::default().with_connection_config(config.connection.clone());
+            if let Some(key_log) = &key_log {
+                rudp_config = rudp_config.with_key_log(key_log.clone());
+            }
             transports.push(Box::new(crust_rudp::RudpTransport::new(
                 identity.clone(),
                 rudp_config,

@@ -4,12 +4,15 @@
 //! See `docs/protocol.md` for the normative description. In short:
 //!
 //! ```text
-//! preamble (both sides, clear text, 8 bytes):  "CRST" | max_version: u16 BE | min_version: u16 BE
+//! preamble (both sides, clear text, 8 bytes):  "CRST" | max_version: u16 BE | mode bit + min_version: u16 BE
 //! frame (inside TLS / the QUIC stream):         length: u32 BE | kind: u8 | payload (length bytes)
 //! ```
 //!
 //! `length` counts only the payload, so the configured maximum message size bounds it
 //! directly; it is checked against the maximum *before* any buffer is reserved.
+//!
+//! In [`TransportMode::Tracer`] (TCP, for debugging; see [`crate::tracer`]) the frames travel
+//! in clear text after an authentication exchange, so a packet dissector can show them.
 //!
 //! A message larger than the sender's chunk size ([`DEFAULT_MESSAGE_CHUNK_SIZE`], 64 KiB)
 //! travels as [`FrameKind::MessageChunk`] frames ending with a [`FrameKind::Message`] frame
@@ -33,6 +36,7 @@ pub use frame::{
 };
 pub use preamble::{
     ALPN, MAGIC, MIN_PROTOCOL_VERSION, PREAMBLE_LEN, PROTOCOL_VERSION, PreambleStream,
-    exchange_preamble, negotiate_version, preamble, preamble_error,
+    TRACER_MODE_BIT, TransportMode, exchange_preamble, mode_preamble, negotiate, negotiate_version,
+    preamble, preamble_error,
 };
 pub use reassembly::MessageDecoder;

@@ -27,23 +27,100 @@ pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// [`Error::VersionMismatch`] rather than an opaque TLS alert. Unchanged by version 2.
 pub const ALPN: &[u8] = b"crust/1";
 
-/// The preamble bytes for the given supported version range.
+/// The bit of the preamble's `min_version` field (bytes 6 and 7) that announces
+/// [`TransportMode::Tracer`]. Versions use the 15 bits below it.
+///
+/// It sits in `min_version` so that a build that knows no modes reads a tracer preamble as
+/// a minimum version above any maximum and refuses it ([`Error::VersionMismatch`]) instead
+/// of starting TLS against a peer that will not.
+pub const TRACER_MODE_BIT: u16 = 0x8000;
+
+/// How the frames of a stream connection travel after the preamble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportMode {
+    /// Inside TLS 1.3 (QUIC on rUDP): the normal mode, secret and authenticated.
+    Tls,
+    /// *Tracer* mode (TCP only, for debugging): after the preamble each side proves its
+    /// identity by signing both sides' fresh nonces, then the frames travel in clear text,
+    /// exactly as they would inside TLS, so a packet capture shows them. Authenticated, not
+    /// secret. See `docs/protocol.md`.
+    Tracer,
+}
+
+impl TransportMode {
+    /// The mode a preamble announces.
+    pub const fn of_preamble(preamble: &[u8; PREAMBLE_LEN]) -> TransportMode {
+        if u16::from_be_bytes([preamble[6], preamble[7]]) & TRACER_MODE_BIT != 0 {
+            TransportMode::Tracer
+        } else {
+            TransportMode::Tls
+        }
+    }
+}
+
+impl std::fmt::Display for TransportMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportMode::Tls => "tls",
+            TransportMode::Tracer => "tracer",
+        })
+    }
+}
+
+/// The preamble bytes for the given supported version range, in [`TransportMode::Tls`].
 pub const fn preamble(max_version: u16, min_version: u16) -> [u8; PREAMBLE_LEN] {
+    mode_preamble(TransportMode::Tls, max_version, min_version)
+}
+
+/// The preamble bytes announcing `mode` and the given supported version range (each
+/// version below [`TRACER_MODE_BIT`]).
+pub const fn mode_preamble(
+    mode: TransportMode,
+    max_version: u16,
+    min_version: u16,
+) -> [u8; PREAMBLE_LEN] {
     let max = max_version.to_be_bytes();
-    let min = min_version.to_be_bytes();
+    let flag = match mode {
+        TransportMode::Tls => 0,
+        TransportMode::Tracer => TRACER_MODE_BIT,
+    };
+    let min = (min_version | flag).to_be_bytes();
     [
         MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], max[0], max[1], min[0], min[1],
     ]
 }
 
-/// Checks a peer's preamble against our supported range and returns the version both use:
-/// the highest version both sides speak.
+/// Checks a peer's preamble against our supported range in [`TransportMode::Tls`] and
+/// returns the version both use: the highest version both sides speak. See [`negotiate`].
 pub fn negotiate_version(theirs: &[u8; PREAMBLE_LEN], our_max: u16, our_min: u16) -> Result<u16> {
+    negotiate(theirs, TransportMode::Tls, our_max, our_min)
+}
+
+/// Checks a peer's preamble against our mode and supported range and returns the version
+/// both use: the highest version both sides speak.
+///
+/// Checked in this order: the magic ([`Error::NotCrust`]), the mode
+/// ([`Error::ModeMismatch`]: a tracer node and a normal node refuse each other, there is
+/// no fallback from one to the other), the versions ([`Error::VersionMismatch`]).
+pub fn negotiate(
+    theirs: &[u8; PREAMBLE_LEN],
+    our_mode: TransportMode,
+    our_max: u16,
+    our_min: u16,
+) -> Result<u16> {
     if theirs[..4] != MAGIC {
         return Err(Error::NotCrust);
     }
+    let their_mode = TransportMode::of_preamble(theirs);
+    if their_mode != our_mode {
+        return Err(Error::ModeMismatch {
+            ours: our_mode,
+            theirs: their_mode,
+        });
+    }
     let their_max = u16::from_be_bytes([theirs[4], theirs[5]]);
-    let their_min = u16::from_be_bytes([theirs[6], theirs[7]]);
+    let their_min = u16::from_be_bytes([theirs[6], theirs[7]]) & !TRACER_MODE_BIT;
     let chosen = our_max.min(their_max);
     if their_min > their_max || chosen < our_min.max(their_min) {
         return Err(Error::VersionMismatch {
@@ -333,6 +410,55 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn modes_refuse_each_other() {
+        let (max, min) = (PROTOCOL_VERSION, MIN_PROTOCOL_VERSION);
+        let tracer = mode_preamble(TransportMode::Tracer, max, min);
+        assert_eq!(&tracer[..6], &preamble(max, min)[..6]);
+        assert_eq!(tracer[6..], [0x80, 0x02]);
+        assert_eq!(TransportMode::of_preamble(&tracer), TransportMode::Tracer);
+        assert_eq!(
+            TransportMode::of_preamble(&preamble(max, min)),
+            TransportMode::Tls
+        );
+        assert_eq!(
+            negotiate(&tracer, TransportMode::Tracer, max, min).expect("tracer with tracer"),
+            2
+        );
+        assert!(matches!(
+            negotiate(&tracer, TransportMode::Tls, max, min),
+            Err(Error::ModeMismatch {
+                ours: TransportMode::Tls,
+                theirs: TransportMode::Tracer
+            })
+        ));
+        assert!(matches!(
+            negotiate(&preamble(max, min), TransportMode::Tracer, max, min),
+            Err(Error::ModeMismatch {
+                ours: TransportMode::Tracer,
+                theirs: TransportMode::Tls
+            })
+        ));
+        // The mode is checked before the versions, and the magic before the mode.
+        assert!(matches!(
+            negotiate(
+                &mode_preamble(TransportMode::Tracer, 9, 9),
+                TransportMode::Tls,
+                max,
+                min
+            ),
+            Err(Error::ModeMismatch { .. })
+        ));
+        assert!(matches!(
+            negotiate(b"GET / HT", TransportMode::Tracer, max, min),
+            Err(Error::NotCrust)
+        ));
+        // A build that knows no modes reads the tracer bit as a minimum version above any
+        // maximum, and refuses.
+        let their_min = u16::from_be_bytes([tracer[6], tracer[7]]);
+        assert!(their_min > max);
+    }
+
     /// Drives a `PreambleStream` over an in-memory pipe whose peer sends `peer_bytes` in
     /// `chunk`-sized writes; returns what the wrapper's reader got (or its typed error) and
     /// what the peer received.
@@ -397,6 +523,23 @@ mod tests {
             let (read, _) = pipelined(preamble(1, 1).to_vec(), chunk).await;
             assert!(
                 matches!(read, Err(Error::VersionMismatch { ours: 2, theirs: 1 })),
+                "{read:?}"
+            );
+            // A tracer node's preamble is refused by a normal stream.
+            let tracer = mode_preamble(
+                TransportMode::Tracer,
+                PROTOCOL_VERSION,
+                MIN_PROTOCOL_VERSION,
+            );
+            let (read, _) = pipelined(tracer.to_vec(), chunk).await;
+            assert!(
+                matches!(
+                    read,
+                    Err(Error::ModeMismatch {
+                        ours: TransportMode::Tls,
+                        theirs: TransportMode::Tracer
+                    })
+                ),
                 "{read:?}"
             );
             // The stream ends inside the preamble.
