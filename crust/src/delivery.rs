@@ -199,6 +199,11 @@ impl Delivery {
         Counted { delivery: self, n }
     }
 
+    /// Takes back `n` messages counted and kept that were certainly not queued.
+    pub(crate) fn uncount(&self, n: u64) {
+        self.sent.fetch_sub(n, Ordering::AcqRel);
+    }
+
     /// Messages accepted so far.
     pub(crate) fn sent(&self) -> u64 {
         self.sent.load(Ordering::Acquire)

@@ -389,6 +389,8 @@ impl Service {
                     None => return Err(Error::NotConnected(peer)),
                 }
             };
+            // One message is queued at the instant the send completes, so a send dropped
+            // while waiting for room queued nothing: the guard then takes the count back.
             let counted = delivery.count(1);
             match sender.send(payload.clone()).await {
                 Err(crust_core::Error::ConnectionClosed) => {}
@@ -428,13 +430,15 @@ impl Service {
                 None => return Err(Error::NotConnected(peer)),
             }
         };
-        let counted = delivery.count(messages.len() as u64);
+        // Counted for good before anything is queued: a prefix may be queued even when this
+        // future is dropped halfway, or fails with `ConnectionClosed` (over-reporting is
+        // safe, under-reporting is not).
+        let n = messages.len() as u64;
+        delivery.count(n).keep();
         let outcome = sender.send_many(messages).await;
-        match &outcome {
+        if let Err(crust_core::Error::MessageTooLarge { .. }) = &outcome {
             // Sizes are checked before anything is queued.
-            Err(crust_core::Error::MessageTooLarge { .. }) => drop(counted),
-            // Queued, or an unknown prefix queued: all count (over-reporting is safe).
-            _ => counted.keep(),
+            delivery.uncount(n);
         }
         outcome.map_err(Error::from)
     }

@@ -44,6 +44,11 @@ use resources::Sample;
 /// pool), and the first large messages grow the buffers it keeps for good; a leak grows
 /// with the run's length instead, which the RSS samples in the JSON show.
 const RSS_TOLERANCE_KIB: u64 = 64 * 1024;
+/// Memory must also be flat while nodes churn: in runs long enough to have 9 samples (one
+/// every 10 s), the highest RSS of the last third may exceed the highest of the middle
+/// third by at most 10 % plus this much. A leak grows with the run; the allocator's
+/// retention levels off after the first minute.
+const RSS_TREND_SLACK_KIB: u64 = 8 * 1024;
 /// How long, after everything stopped, tasks and descriptors may take to be released
 /// (listeners' and endpoints' background tasks end asynchronously).
 const SETTLE: Duration = Duration::from_secs(15);
@@ -462,6 +467,19 @@ async fn event_loop(
     }
 }
 
+/// The highest RSS sample of the middle and of the last third of the churn (the first
+/// sample, at the start, and the last, after every node stopped, left out), once there
+/// are at least 9.
+fn rss_trend(series: &[(f64, u64)]) -> Option<(u64, u64)> {
+    let churn = series.get(1..series.len().saturating_sub(1))?;
+    if churn.len() < 9 {
+        return None;
+    }
+    let third = churn.len() / 3;
+    let max = |s: &[(f64, u64)]| s.iter().map(|(_, rss)| *rss).max().unwrap_or(0);
+    Some((max(&churn[third..2 * third]), max(&churn[2 * third..])))
+}
+
 /// Prints the table, writes the JSON, and returns whether the soak passed.
 fn report(
     opts: &Opts,
@@ -492,6 +510,13 @@ fn report(
             "RSS {} KiB at the end, more than {} KiB above the {} KiB at the start",
             end.rss_kib, RSS_TOLERANCE_KIB, start.rss_kib
         ));
+    }
+    if let Some((middle, last)) = rss_trend(rss_series) {
+        if last > middle + middle / 10 + RSS_TREND_SLACK_KIB {
+            failures.push(format!(
+                "RSS grows while churning: {last} KiB at most in the last third, {middle} KiB in the middle third"
+            ));
+        }
     }
     let mut connects: Vec<_> = counters.connects.iter().collect();
     connects.sort();
@@ -588,6 +613,8 @@ fn report(
                 "end": end.to_json(),
                 "rss_tolerance_kib": RSS_TOLERANCE_KIB,
                 "rss_series_kib": rss_series,
+                "rss_trend_kib": rss_trend(rss_series).map(|(middle, last)| json!({"middle_third_max": middle, "last_third_max": last})),
+                "rss_trend_slack_kib": RSS_TREND_SLACK_KIB,
             },
         });
         let written = path
