@@ -33,16 +33,24 @@ pub enum ConnectionPath {
     PunchedUdp,
     /// A TCP hole punch (simultaneous open).
     PunchedTcp,
+    /// Through a relay: a TLS session inside a circuit the peer `via` carries for us (the
+    /// connection's addresses and protocol are those of our connection to `via`).
+    Relayed {
+        /// The relay.
+        via: crate::PeerId,
+    },
 }
 
 impl ConnectionPath {
-    /// A stable name for scripts and logs: `direct`, `mapped`, `punched-udp`, `punched-tcp`.
+    /// A stable name for scripts and logs: `direct`, `mapped`, `punched-udp`, `punched-tcp`,
+    /// `relayed`.
     pub const fn as_str(&self) -> &'static str {
         match self {
             ConnectionPath::Direct => "direct",
             ConnectionPath::Mapped => "mapped",
             ConnectionPath::PunchedUdp => "punched-udp",
             ConnectionPath::PunchedTcp => "punched-tcp",
+            ConnectionPath::Relayed { .. } => "relayed",
         }
     }
 }

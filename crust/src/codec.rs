@@ -41,6 +41,10 @@ impl Reader<'_> {
         Ok(u16::from_be_bytes(self.take()?))
     }
 
+    pub(crate) fn u32(&mut self) -> Result<u32, Malformed> {
+        Ok(u32::from_be_bytes(self.take()?))
+    }
+
     pub(crate) fn u64(&mut self) -> Result<u64, Malformed> {
         Ok(u64::from_be_bytes(self.take()?))
     }

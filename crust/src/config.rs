@@ -7,51 +7,99 @@ use crust_core::{ConnectionConfig, Identity};
 
 /// Limits on what one peer may send us, checked per connection.
 ///
-/// Both limits are token buckets: a peer may send `burst` messages (or `burst_bytes` bytes)
-/// at once and then `messages_per_sec` (`bytes_per_sec`) on average.
+/// Every limit is a token bucket: a peer may send `burst` at once and then `per_sec` on
+/// average.
+///
+/// # Why application messages are not limited by default
+/// Memory and CPU are protected without a rate limit: a connection's reader holds at most
+/// one batch and one message, the event queue is bounded in count and bytes
+/// ([`ServiceConfig::event_queue_len`], [`ServiceConfig::event_queue_bytes`]), and when the
+/// application does not keep up the readers stop reading, so TCP's and QUIC's flow control
+/// slow the sender down. A peer cannot make us buffer more than those bounds however fast
+/// it sends, and every message it sends is one the application asked to read. An honest
+/// bulk transfer at full speed is therefore never a flood (a byte limit used to ban a
+/// 1 GiB transfer at loopback speed, so users turned protection off).
+///
+/// # What is limited by default: control frames
+/// What a peer can make us do beyond what the application reads is control work: pings we
+/// answer, frames of kinds nobody claimed that we skip, plug-in and traversal messages. An
+/// honest peer sends a few per second (a ping every 2 s, a handful per hole punch, what
+/// plug-ins exchange); the default allows 1 000 per second sustained and a burst of 10 000,
+/// and a peer that keeps above that is reported ([`FloodLimit::ControlFrames`](crate::FloodLimit::ControlFrames)).
+///
+/// Applications that want message limits too (a chat that expects a few messages per
+/// second per peer, say) set them with [`RateLimit::messages`] or [`RateLimit::bytes`].
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct RateLimit {
-    /// Sustained messages per second. Default 100 000.
+    /// Sustained application messages per second. Default unlimited.
     pub messages_per_sec: f64,
-    /// Message burst. Default 1 000 000.
+    /// Message burst. Default unlimited.
     pub burst_messages: f64,
-    /// Sustained bytes per second. Default 256 MiB/s.
+    /// Sustained application bytes per second. Default unlimited.
     pub bytes_per_sec: f64,
-    /// Byte burst. Default 512 MiB.
+    /// Byte burst. Default unlimited.
     pub burst_bytes: f64,
+    /// Sustained control frames (every frame that is not part of an application message)
+    /// per second. Default 1 000.
+    pub control_frames_per_sec: f64,
+    /// Control frame burst. Default 10 000.
+    pub burst_control_frames: f64,
 }
+
+/// Default sustained control frames per second (see [`RateLimit`]).
+const CONTROL_FRAMES_PER_SEC: f64 = 1_000.0;
+/// Default control frame burst.
+const BURST_CONTROL_FRAMES: f64 = 10_000.0;
 
 impl Default for RateLimit {
     fn default() -> Self {
         RateLimit {
-            messages_per_sec: 100_000.0,
-            burst_messages: 1_000_000.0,
-            bytes_per_sec: 256.0 * 1024.0 * 1024.0,
-            burst_bytes: 512.0 * 1024.0 * 1024.0,
+            messages_per_sec: f64::INFINITY,
+            burst_messages: f64::INFINITY,
+            bytes_per_sec: f64::INFINITY,
+            burst_bytes: f64::INFINITY,
+            control_frames_per_sec: CONTROL_FRAMES_PER_SEC,
+            burst_control_frames: BURST_CONTROL_FRAMES,
         }
     }
 }
 
 impl RateLimit {
-    /// A limit of `per_sec` messages per second with a burst of `burst` messages; bytes unlimited.
+    /// No limit at all, control frames included.
+    pub fn unlimited() -> Self {
+        RateLimit {
+            control_frames_per_sec: f64::INFINITY,
+            burst_control_frames: f64::INFINITY,
+            ..RateLimit::default()
+        }
+    }
+
+    /// A limit of `per_sec` messages per second with a burst of `burst` messages; bytes
+    /// unlimited, control frames as by default.
     pub fn messages(per_sec: f64, burst: f64) -> Self {
         RateLimit {
             messages_per_sec: per_sec,
             burst_messages: burst,
-            bytes_per_sec: f64::INFINITY,
-            burst_bytes: f64::INFINITY,
+            ..RateLimit::default()
         }
     }
 
-    /// A limit of `per_sec` bytes per second with a burst of `burst` bytes; message count unlimited.
+    /// A limit of `per_sec` bytes per second with a burst of `burst` bytes; message count
+    /// unlimited, control frames as by default.
     pub fn bytes(per_sec: f64, burst: f64) -> Self {
         RateLimit {
-            messages_per_sec: f64::INFINITY,
-            burst_messages: f64::INFINITY,
             bytes_per_sec: per_sec,
             burst_bytes: burst,
+            ..RateLimit::default()
         }
+    }
+
+    /// This limit with `per_sec` control frames per second and a burst of `burst`.
+    pub fn with_control_frames(mut self, per_sec: f64, burst: f64) -> Self {
+        self.control_frames_per_sec = per_sec;
+        self.burst_control_frames = burst;
+        self
     }
 }
 
@@ -113,6 +161,17 @@ pub struct ServiceConfig {
     /// Default 4096; at least 1. Events caused by the application's own calls (`connect`,
     /// `disconnect`, `ban`) never wait and may exceed it.
     pub event_queue_len: usize,
+    /// Message payload bytes buffered for the application before readers wait. Default
+    /// 64 MiB; at least 1. One message always fits into an empty queue, whatever its size
+    /// (up to the connection's `max_message_size`). Together with the per-connection bound
+    /// (a reader holds at most one batch of under 256 KiB plus one message, or one message
+    /// being received), this bounds the memory peers can make us hold however fast they
+    /// send: what the application does not take slows the senders down instead.
+    pub event_queue_bytes: usize,
+    /// Relayed connections: whether we relay for others (within limits), use relays and
+    /// accept relayed connections. Default [`RelayConfig::default`](crate::RelayConfig):
+    /// all three, at most 64 circuits (8 per peer), 1 GiB and 1 hour per circuit.
+    pub relay: crate::RelayConfig,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
     /// How often every connection is pinged (round-trip time, liveness). Default 2 s.
@@ -166,6 +225,8 @@ impl Default for ServiceConfig {
             rate_limit: RateLimit::default(),
             flood_action: FloodAction::Ban,
             event_queue_len: 4096,
+            event_queue_bytes: 64 * 1024 * 1024,
+            relay: crate::RelayConfig::default(),
             max_peers: 10_000,
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(8),
@@ -273,6 +334,18 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::event_queue_len`] (at least 1).
     pub fn with_event_queue_len(mut self, len: usize) -> Self {
         self.event_queue_len = len.max(1);
+        self
+    }
+
+    /// Sets [`ServiceConfig::relay`].
+    pub fn with_relay(mut self, relay: crate::RelayConfig) -> Self {
+        self.relay = relay;
+        self
+    }
+
+    /// Sets [`ServiceConfig::event_queue_bytes`] (at least 1).
+    pub fn with_event_queue_bytes(mut self, bytes: usize) -> Self {
+        self.event_queue_bytes = bytes.max(1);
         self
     }
 

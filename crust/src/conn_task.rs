@@ -16,13 +16,20 @@ use crate::delivery::Closing;
 use crate::liveness::{Liveness, LivenessAction, decode_nonce, encode_nonce};
 use crate::node::{ConnHandle, DiscoveryReport, MANUAL_PING_BIT, Node};
 use crate::observed::usable_observed_address;
-use crate::rate::{Exceeded, RateMeter};
-use crate::reason::{FloodLimit, LostReason};
+use crate::rate::RateMeter;
+use crate::reason::LostReason;
 use crate::registry::{Admission, Ended, Refusal};
 use crate::{Error, Event, Result};
 
 /// Most events a connection's reader hands over in one batch.
 pub(crate) const EVENT_BATCH: usize = crate::events::MAX_WAITING_BATCH;
+/// Message bytes after which a reader hands its batch over (a batch holds less than this
+/// plus one message).
+const EVENT_BATCH_BYTES: usize = crate::events::MAX_WAITING_BATCH_BYTES;
+
+/// Longest a connection that replaces a relayed one waits for the relayed one to drain
+/// before reading (below the ping timeout, so the peer's liveness check never fires).
+const UPGRADE_DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who caused a registration: the application's own call (its events never wait for room
 /// in the event queue) or a peer (they do: backpressure).
@@ -49,11 +56,17 @@ impl Node {
             since: Instant::now(),
             manual_pings: Arc::default(),
             delivery: Arc::default(),
+            reader_done: tokio_util::sync::CancellationToken::new(),
         };
         let info = handle.sender.info().clone();
-        let admission = self
-            .registry()
-            .admit(peer, handle.id, info.direction, handle.clone());
+        let relayed = matches!(info.path, crust_core::ConnectionPath::Relayed { .. });
+        let admission = self.registry().admit_connection(
+            peer,
+            handle.id,
+            info.direction,
+            relayed,
+            handle.clone(),
+        );
         if let Admission::Refused(refusal) = admission {
             handle.sender.abort();
             return Err(match refusal {
@@ -64,18 +77,36 @@ impl Node {
             });
         }
         self.registry_changed.notify_waiters();
+        // A connection replacing a relayed one reads only once the relayed one's reader
+        // has handed over everything: messages stay in order across the switch.
+        let first = match &admission {
+            Admission::Upgrade { relayed, .. } => Some(relayed.reader_done.clone()),
+            _ => None,
+        };
         // The task runs for every connection, also for duplicates being drained, so that
         // everything the peer sent before ending a connection is delivered.
         let span =
             tracing::info_span!("connection", %peer, id = handle.id, protocol = %info.protocol);
-        self.tasks
-            .spawn(self.clone().run(handle.clone(), receiver).instrument(span));
-        // Tell the peer where we see it (NAT traversal hint); a fresh connection has room.
-        handle.sender.try_send_frame(
-            FrameKind::ObservedAddress,
-            crust_core::wire::encode_observed_address(info.remote_addr),
+        self.tasks.spawn(
+            self.clone()
+                .run(handle.clone(), receiver, first)
+                .instrument(span),
         );
-        if info.direction == Direction::Outbound {
+        if relayed && info.direction == Direction::Outbound {
+            if let Admission::NewPeer = admission {
+                // We asked for this relayed connection: keep looking for a path of our own.
+                self.tasks.spawn(self.clone().upgrade_relayed(peer));
+            }
+        }
+        // Tell the peer where we see it (NAT traversal hint); a fresh connection has room.
+        // Not through a relay: we do not see the peer's address then.
+        if !relayed {
+            handle.sender.try_send_frame(
+                FrameKind::ObservedAddress,
+                crust_core::wire::encode_observed_address(info.remote_addr),
+            );
+        }
+        if info.direction == Direction::Outbound && !relayed {
             // Only a connection we dialled proves the peer is reachable at that endpoint.
             self.address_book()
                 .confirm(peer, info.remote_endpoint(), Instant::now());
@@ -89,6 +120,19 @@ impl Node {
             Admission::NewPeer => {
                 tracing::info!(%peer, endpoint = %info.remote_endpoint(), direction = ?info.direction, "new peer");
                 Some(Event::NewPeer {
+                    peer,
+                    endpoint: info.remote_endpoint(),
+                    direction: info.direction,
+                    protocol: info.protocol,
+                    path: info.path,
+                })
+            }
+            Admission::Upgrade { retire, .. } => {
+                if let Some(retired) = retire {
+                    self.retire_in_background(retired);
+                }
+                tracing::info!(%peer, path = %info.path, "relayed connection upgraded");
+                Some(Event::ConnectionUpgraded {
                     peer,
                     endpoint: info.remote_endpoint(),
                     direction: info.direction,
@@ -145,9 +189,25 @@ impl Node {
         });
     }
 
-    /// The connection's task: reads until the connection ends, then reports the end.
-    async fn run(self: Arc<Self>, handle: ConnHandle, receiver: MessageReceiver) {
+    /// The connection's task: reads until the connection ends, then reports the end. With
+    /// `first`, reading starts once that token is cancelled (the relayed connection this
+    /// one replaces has handed over what it read), or after [`UPGRADE_DRAIN_LIMIT`].
+    async fn run(
+        self: Arc<Self>,
+        handle: ConnHandle,
+        receiver: MessageReceiver,
+        first: Option<tokio_util::sync::CancellationToken>,
+    ) {
+        if let Some(first) = first {
+            tokio::select! {
+                _ = first.cancelled() => {}
+                _ = tokio::time::sleep(UPGRADE_DRAIN_LIMIT) => {
+                    tracing::warn!(peer = %receiver.info().peer_id, "the relayed connection did not drain in time; reading the new one anyway");
+                }
+            }
+        }
         let reason = self.read_loop(&handle, receiver).await;
+        handle.reader_done.cancel();
         self.connection_ended(&handle, reason).await;
     }
 
@@ -172,8 +232,13 @@ impl Node {
         let timer = tokio::time::sleep_until(start.into());
         tokio::pin!(timer);
         let mut batch = Vec::new();
-        // A connection carries one observed address; later ones are ignored.
+        // A connection carries one observed address; later ones are ignored, and so are
+        // any on a relayed connection (its addresses are those of the link to the relay).
         let mut observation_seen = false;
+        let relayed = matches!(
+            receiver.info().path,
+            crust_core::ConnectionPath::Relayed { .. }
+        );
         loop {
             // Shutdown aborts every connection, which ends this wait too.
             let first = tokio::select! {
@@ -204,8 +269,9 @@ impl Node {
                 }
             };
             let mut next = first.map(Some);
+            let mut batch_bytes = 0;
             // Application messages in this batch, for the delivery acknowledgements.
-            let (mut messages, mut message_bytes) = (0u64, 0u64);
+            let mut messages = 0u64;
             let discard = handle.delivery.discards();
             // Then take whatever else already arrived, and hand it over as one batch.
             loop {
@@ -217,11 +283,14 @@ impl Node {
                         return LostReason::from_read_error(&e);
                     }
                 };
-                if let Err(exceeded) = meter.on_message(frame.payload.len()) {
-                    let limit = match exceeded {
-                        Exceeded::Messages => FloodLimit::Messages,
-                        Exceeded::Bytes => FloodLimit::Bytes,
-                    };
+                // Circuit bytes are application data on their way (bounded by the circuits'
+                // windows and limits), not control work.
+                let metered = if frame.kind == crate::relay::RELAY_FRAME {
+                    FrameKind::Message
+                } else {
+                    frame.kind
+                };
+                if let Err(limit) = meter.on_frame(metered, frame.payload.len()) {
                     let ban = self.config.flood_action == FloodAction::Ban;
                     tracing::warn!(%peer, %limit, ban, "peer exceeds the rate limit");
                     batch.push(Event::FloodDetected {
@@ -243,7 +312,7 @@ impl Node {
                     }
                     FrameKind::Message => {
                         messages += 1;
-                        message_bytes += frame.payload.len() as u64;
+                        batch_bytes += frame.payload.len();
                         batch.push(Event::Message {
                             peer,
                             payload: frame.payload,
@@ -273,7 +342,7 @@ impl Node {
                     FrameKind::Superseded => {
                         self.registry().mark_superseded(peer, handle.id);
                     }
-                    FrameKind::ObservedAddress if observation_seen => {
+                    FrameKind::ObservedAddress if observation_seen || relayed => {
                         tracing::debug!(%peer, "ignoring a repeated observed address");
                     }
                     FrameKind::ObservedAddress => {
@@ -328,13 +397,16 @@ impl Node {
                     crate::punch::PUNCH_FRAME => {
                         self.handle_punch_frame(peer, handle, &frame.payload);
                     }
+                    crate::relay::RELAY_FRAME => {
+                        self.handle_relay_frame(peer, &frame.payload);
+                    }
                     other => {
                         if !self.control.dispatch(other, peer, frame.payload) {
                             tracing::trace!(%peer, kind = ?other, "skipping a control frame nobody claimed");
                         }
                     }
                 }
-                if batch.len() >= EVENT_BATCH {
+                if batch.len() >= EVENT_BATCH || batch_bytes >= EVENT_BATCH_BYTES {
                     break;
                 }
                 next = receiver.try_recv_frame();
@@ -342,11 +414,13 @@ impl Node {
             self.emit_wait(std::mem::take(&mut batch)).await;
             let now = Instant::now();
             let handed_over = !self.shutdown.is_cancelled();
-            if let Some(at) =
-                handle
-                    .delivery
-                    .delivered(&handle.sender, messages, message_bytes, handed_over, now)
-            {
+            if let Some(at) = handle.delivery.delivered(
+                &handle.sender,
+                messages,
+                batch_bytes as u64,
+                handed_over,
+                now,
+            ) {
                 if at < timer.deadline().into_std() {
                     timer.as_mut().reset(at.into());
                 }

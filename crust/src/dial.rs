@@ -37,7 +37,8 @@ impl Node {
             if registry.is_banned(peer) {
                 return Err(Error::Banned(peer));
             }
-            if registry.contains(peer) {
+            // A relayed connection does not count: a dial may replace it.
+            if registry.connected_directly(peer) {
                 return Ok(peer);
             }
         }
@@ -117,10 +118,11 @@ impl Node {
                 Instant::now(),
             );
         }
-        let can_punch = self.config.hole_punching && self.active_peers().iter().any(|p| *p != peer);
+        let traversal = self.config.hole_punching || self.config.relay.use_relays;
+        let can_punch = traversal && self.active_peers().iter().any(|p| *p != peer);
         if endpoints.is_empty() {
             if can_punch {
-                return self.punch_connect(peer).await;
+                return self.punch_or_relay(peer, cause).await;
             }
             return Err(Error::UnknownPeer(peer));
         }
@@ -138,7 +140,7 @@ impl Node {
             },
             _ = tokio::time::sleep(self.config.punch_head_start) => None,
         };
-        let punch = self.punch_connect(peer);
+        let punch = self.punch_or_relay(peer, cause);
         tokio::pin!(punch);
         let direct_error = match direct_failed {
             Some(e) => e,
@@ -158,6 +160,26 @@ impl Node {
         punch
             .await
             .map_err(|punch_error| prefer(direct_error, punch_error))
+    }
+
+    /// Connects to `peer` by a hole punch (when enabled), else or then through a relay
+    /// (when enabled): what is left when no direct dial works.
+    async fn punch_or_relay(self: &Arc<Self>, peer: PeerId, cause: Cause) -> Result<PeerId> {
+        let punch = if self.config.hole_punching {
+            match self.punch_connect(peer).await {
+                Ok(peer) => return Ok(peer),
+                Err(Error::PunchFailed(failure)) if self.config.relay.use_relays => {
+                    Some(Box::new(failure))
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        match self.relay_connect(peer, cause).await {
+            Ok(peer) => Ok(peer),
+            Err(relay) => Err(Error::RelayFailed { relay, punch }),
+        }
     }
 
     /// Runs the happy-eyeballs race and reports the first outcome on `result`. Keeps
@@ -264,7 +286,15 @@ impl Node {
 /// the NAT classes), unless no peer could even introduce us.
 fn prefer(direct: Error, punch: Error) -> Error {
     match punch {
-        Error::PunchFailed(crate::PunchFailure::NoCoordinator(_)) => direct,
+        Error::PunchFailed(crate::PunchFailure::NoCoordinator(_))
+        | Error::RelayFailed {
+            relay: crate::RelayFailure::NoRelay(_) | crate::RelayFailure::Disabled,
+            punch: None,
+        } => direct,
+        Error::RelayFailed {
+            relay: crate::RelayFailure::NoRelay(_) | crate::RelayFailure::Disabled,
+            punch: Some(punch),
+        } if matches!(*punch, crate::PunchFailure::NoCoordinator(_)) => direct,
         punch => punch,
     }
 }

@@ -52,9 +52,24 @@ pub enum Error {
     /// Connecting by hole punch failed (typed; names both NAT classes where they matter).
     #[error("hole punch: {0}")]
     PunchFailed(#[from] crate::PunchFailure),
+    /// No direct path, no hole punch (when one was tried: `punch`), and no relay worked.
+    #[error("{}", relay_failed(.relay, .punch.as_deref()))]
+    RelayFailed {
+        /// Why no relay could connect us.
+        relay: crate::RelayFailure,
+        /// Why the hole punch tried before failed, if one was tried.
+        punch: Option<Box<crate::PunchFailure>>,
+    },
     /// The service has been shut down.
     #[error("service is shut down")]
     Shutdown,
+}
+
+fn relay_failed(relay: &crate::RelayFailure, punch: Option<&crate::PunchFailure>) -> String {
+    match punch {
+        Some(punch) => format!("relay: {relay} (after the hole punch failed: {punch})"),
+        None => format!("relay: {relay}"),
+    }
 }
 
 /// Shorthand for `Result<T, crust::Error>`.

@@ -28,6 +28,21 @@ pub enum Event {
         /// How the connection was made: a dial or accept, a mapped port, a hole punch.
         path: ConnectionPath,
     },
+    /// A relayed connection to `peer` was replaced by a connection of our own (a dial or a
+    /// hole punch) without losing, duplicating or reordering a message; the relay's circuit
+    /// is released once the relayed connection has drained.
+    ConnectionUpgraded {
+        /// Who.
+        peer: PeerId,
+        /// The peer's endpoint on the new connection.
+        endpoint: Endpoint,
+        /// Direction of the new connection.
+        direction: Direction,
+        /// Its transport.
+        protocol: Protocol,
+        /// How it was made.
+        path: ConnectionPath,
+    },
     /// The connection to a peer ended.
     LostPeer {
         /// Who.

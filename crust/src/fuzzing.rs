@@ -31,6 +31,20 @@ pub fn punch_message_seeds() -> Vec<Vec<u8>> {
     punch_samples()
 }
 
+/// Decodes a relay payload (frame kind 19); `true` when well formed.
+///
+/// # Panics
+///
+/// When a decoded message does not survive re-encoding (a codec bug).
+pub fn decode_relay_message(payload: &[u8]) -> bool {
+    crate::relay::fuzzing::relay_round_trip(payload)
+}
+
+/// Valid relay payloads, one per message type.
+pub fn relay_message_seeds() -> Vec<Vec<u8>> {
+    crate::relay::fuzzing::relay_samples()
+}
+
 /// Decodes a NAT filtering-test payload (request, forward, report); `true` when well formed.
 ///
 /// # Panics

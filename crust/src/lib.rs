@@ -61,6 +61,7 @@ mod rate;
 mod reachability;
 mod reason;
 mod registry;
+mod relay;
 mod service;
 
 pub use address_book::MAX_ENDPOINTS_PER_PEER;
@@ -75,6 +76,7 @@ pub use reachability::{FilteringBehaviour, MappingBehaviour, NatType, Reachabili
 pub use reason::{
     ConnectFailure, DialFailure, FloodLimit, LostReason, TransportErrorKind, TransportFailure,
 };
+pub use relay::{RelayConfig, RelayFailure};
 pub use service::{PeerInfo, Service};
 
 pub use bytes::Bytes;

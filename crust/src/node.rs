@@ -40,6 +40,8 @@ pub(crate) struct ConnHandle {
     pub(crate) manual_pings: Arc<Mutex<Vec<ManualPing>>>,
     /// Messages sent and confirmed, received and acknowledged (`delivery.rs`).
     pub(crate) delivery: Arc<crate::delivery::Delivery>,
+    /// Cancelled once the connection's reader has handed over everything it read.
+    pub(crate) reader_done: tokio_util::sync::CancellationToken,
 }
 
 /// A ping the application is waiting on.
@@ -133,6 +135,8 @@ pub(crate) struct Node {
     pub(crate) plugins: Mutex<crate::plugins::Started>,
     /// Hole punching: as coordinator, initiator and responder (`punch/`).
     pub(crate) punch: Mutex<crate::punch::PunchState>,
+    /// Relayed connections: as relay and as an end (`relay/`).
+    pub(crate) relay: Mutex<crate::relay::RelayState>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,6 +151,7 @@ impl Node {
         events: Arc<EventQueue>,
     ) -> Self {
         Node {
+            relay: Mutex::new(crate::relay::RelayState::new(&config.relay)),
             registry: Mutex::new(Registry::new(identity.peer_id(), config.max_peers)),
             address_book: Mutex::new(AddressBook::new(config.address_book_capacity)),
             reachability: Mutex::new(ReachabilityState {
@@ -241,6 +246,7 @@ impl Node {
     pub(crate) fn peer_removed(&self, peer: PeerId, reason: LostReason, none_left: bool) {
         self.observed().forget(peer);
         self.control.peer_gone(peer);
+        self.relay_link_lost(peer);
         self.registry_changed.notify_waiters();
         if self.shutdown.is_cancelled() {
             return;

@@ -15,14 +15,17 @@ pub enum FloodLimit {
     Messages,
     /// Too many bytes per second.
     Bytes,
+    /// Too many control frames (frames that carry no application message) per second.
+    ControlFrames,
 }
 
 impl FloodLimit {
-    /// `"messages"` or `"bytes"`.
+    /// `"messages"`, `"bytes"` or `"control_frames"`.
     pub const fn as_str(&self) -> &'static str {
         match self {
             FloodLimit::Messages => "messages",
             FloodLimit::Bytes => "bytes",
+            FloodLimit::ControlFrames => "control_frames",
         }
     }
 }
@@ -257,6 +260,14 @@ pub enum ConnectFailure {
     /// A hole punch was tried and failed.
     #[error("hole punch: {0}")]
     Punch(crate::PunchFailure),
+    /// No relay could connect us (after a failed hole punch, when one was tried).
+    #[error("relay: {relay}")]
+    Relay {
+        /// Why no relay could connect us.
+        relay: crate::RelayFailure,
+        /// Why the hole punch before failed, if one was tried.
+        punch: Option<Box<crate::PunchFailure>>,
+    },
     /// Anything else, in words.
     #[error("{0}")]
     Other(String),
@@ -276,6 +287,7 @@ impl ConnectFailure {
             ConnectFailure::UnknownPeer(_) => "unknown_peer",
             ConnectFailure::Shutdown => "shutdown",
             ConnectFailure::Punch(_) => "punch",
+            ConnectFailure::Relay { .. } => "relay",
             ConnectFailure::Other(_) => "other",
         }
     }
@@ -294,6 +306,10 @@ impl From<&crate::Error> for ConnectFailure {
             E::UnknownPeer(peer) => ConnectFailure::UnknownPeer(*peer),
             E::Shutdown => ConnectFailure::Shutdown,
             E::PunchFailed(failure) => ConnectFailure::Punch(failure.clone()),
+            E::RelayFailed { relay, punch } => ConnectFailure::Relay {
+                relay: relay.clone(),
+                punch: punch.clone(),
+            },
             other => ConnectFailure::Other(other.to_string()),
         }
     }

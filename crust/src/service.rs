@@ -152,7 +152,7 @@ impl Service {
             transports.into_iter().map(Arc::from).collect();
         // Stable sort: TCP first, everything else after, keeping the caller's order otherwise.
         transports.sort_by_key(|t| t.protocol() != Protocol::Tcp);
-        let queue = EventQueue::new(config.event_queue_len.max(1));
+        let queue = EventQueue::new(config.event_queue_len, config.event_queue_bytes);
         let node = Arc::new(Node::new(identity, config, transports, queue.clone()));
         let events = Events::new(queue, node.stopped.clone());
         Ok((
@@ -532,6 +532,11 @@ impl Service {
     /// room in the event queue.
     pub async fn ban(&self, peers: impl IntoIterator<Item = PeerId>) {
         self.node.ban(peers, LostReason::Banned)
+    }
+
+    /// Circuits this node relays for others right now (see [`RelayConfig`](crate::RelayConfig)).
+    pub fn relayed_circuits(&self) -> usize {
+        self.node.relay_state().circuits()
     }
 
     /// True when `peer` is banned.

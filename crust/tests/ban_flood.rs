@@ -165,3 +165,53 @@ async fn report_only_keeps_the_connection() {
         "report-only keeps the peer"
     );
 }
+
+/// Issue #12, item 7: by default only work beyond what the application reads is limited. A
+/// peer that sends control frames nobody claimed, as fast as it can, is reported and banned
+/// with the default configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_frame_flood_is_banned_by_default() {
+    init_tracing();
+    let (victim, mut ve) = node(ServiceConfig::loopback()).await;
+    let (flooder, mut fe) = node(ServiceConfig::loopback()).await;
+    let victim_id = flooder
+        .connect(&victim.our_endpoints(), Some(victim.peer_id()))
+        .await
+        .expect("connect");
+    // Kind 40 is a plug-in kind the victim never claimed: each frame is skipped work.
+    let channel = flooder
+        .control_channel(crust::wire::FrameKind::Unknown(40), 16)
+        .expect("control channel");
+    let sending = async {
+        // The default burst is 10 000 frames: 100 000 sent at full speed exceed it by far
+        // (the sustained 1 000 per second would need 90 s).
+        for i in 0..100_000u32 {
+            if channel
+                .send(victim_id, i.to_be_bytes().to_vec().into())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let (_, flood) = tokio::join!(sending, async {
+        wait_for(&mut ve, "flood detection", |e| {
+            matches!(e, Event::FloodDetected { .. })
+        })
+        .await
+    });
+    assert_eq!(
+        flood,
+        Event::FloodDetected {
+            peer: flooder.peer_id(),
+            limit: crust::FloodLimit::ControlFrames,
+            banned: true
+        }
+    );
+    assert!(victim.is_banned(flooder.peer_id()));
+    wait_for(&mut fe, "flooder disconnected", |e| {
+        matches!(e, Event::LostPeer { .. })
+    })
+    .await;
+}

@@ -7,7 +7,10 @@ mod common;
 use std::time::Instant;
 
 use common::{SAFETY_NET, init_tracing, node, wait_for};
-use crust::{ConnectionPath, Direction, Error, Event, PunchFailure, Service, ServiceConfig};
+use crust::{
+    ConnectionPath, Direction, Error, Event, PunchFailure, RelayConfig, RelayFailure, Service,
+    ServiceConfig,
+};
 
 fn config() -> ServiceConfig {
     // Observed endpoints are not needed: loopback listeners are the candidates.
@@ -112,20 +115,35 @@ async fn without_a_common_peer_the_failure_says_so() {
         .await
         .expect("safety net")
         .expect_err("nobody can introduce us");
+    // Neither a punch nor a relay: both say so.
     assert!(
-        matches!(err, Error::PunchFailed(PunchFailure::NoCoordinator(p)) if p == b.peer_id()),
+        matches!(
+            &err,
+            Error::RelayFailed {
+                relay: RelayFailure::NoRelay(p),
+                punch: Some(punch),
+            } if *p == b.peer_id() && matches!(**punch, PunchFailure::NoCoordinator(p) if p == b.peer_id())
+        ),
         "got {err:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_punching_off_an_unknown_peer_stays_unknown() {
+async fn with_punching_and_relays_off_an_unknown_peer_stays_unknown() {
     init_tracing();
     let (r, mut re) = node(config()).await;
-    let (a, _ae) = node(config().with_hole_punching(false)).await;
+    let (a, _ae) = node(
+        config()
+            .with_hole_punching(false)
+            .with_relay(RelayConfig::disabled()),
+    )
+    .await;
     let (b, _be) = node(config()).await;
     introduce(&r, &mut re, &[&a, &b]).await;
-    let err = a.connect_peer(b.peer_id()).await.expect_err("no punch");
+    let err = a
+        .connect_peer(b.peer_id())
+        .await
+        .expect_err("no punch, no relay");
     assert!(
         matches!(err, Error::UnknownPeer(p) if p == b.peer_id()),
         "got {err:?}"

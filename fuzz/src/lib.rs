@@ -78,6 +78,11 @@ pub const TARGETS: &[Target] = &[
         seeds: crust::fuzzing::punch_message_seeds,
     },
     Target {
+        name: "relay_message",
+        run: relay_message,
+        seeds: crust::fuzzing::relay_message_seeds,
+    },
+    Target {
         name: "beacon_packet",
         run: beacon_packet,
         seeds: beacon_seeds,
@@ -222,6 +227,11 @@ pub fn filtering_message(data: &[u8]) {
 /// Target: the hole-punch coordination messages.
 pub fn punch_message(data: &[u8]) {
     crust::fuzzing::decode_punch_message(data);
+}
+
+/// Target: the relay messages (circuits, data, credits).
+pub fn relay_message(data: &[u8]) {
+    crust::fuzzing::decode_relay_message(data);
 }
 
 /// Target: beacon datagrams; a decoded packet re-encodes and decodes to itself.

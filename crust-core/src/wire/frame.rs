@@ -200,7 +200,14 @@ pub(crate) fn split_frame(
     }
     let total = FRAME_HEADER_LEN + len_usize;
     if src.len() < total {
-        src.reserve(total - src.len());
+        // Room for what may come next, growing with what already arrived (at most doubling,
+        // at least one growth step), never the whole announced length at once: a 5-byte
+        // header announcing 16 MiB must not cost 16 MiB.
+        let step = src
+            .len()
+            .max(super::reassembly::GROWTH_STEP)
+            .min(total - src.len());
+        src.reserve(step);
         return Ok(None);
     }
     src.advance(FRAME_HEADER_LEN);

@@ -6,6 +6,10 @@ use tokio_util::codec::Decoder;
 use super::frame::{FRAME_HEADER_LEN, Frame, FrameKind, read_frame_header, split_frame};
 use crate::{Error, Result};
 
+/// Smallest growth of a reassembly buffer (and of a read buffer waiting for a large
+/// frame): what a frame's announced length alone can make us reserve.
+pub(crate) const GROWTH_STEP: usize = 64 * 1024;
+
 /// A `tokio-util` decoder that yields whole application messages and control frames.
 ///
 /// It decodes frames like [`FrameDecoder`](super::FrameDecoder) and joins the [`FrameKind::MessageChunk`] parts
@@ -65,11 +69,15 @@ impl MessageDecoder {
     /// The message being reassembled and how many bytes of its current part are still to
     /// come, so a reader may append them straight to it (saving the copy through its read
     /// buffer) and report with [`MessageDecoder::part_filled`]; `None` when no part is
-    /// arriving. Capacity for the whole part is already reserved. Only valid while the
+    /// arriving. Spare capacity for the next read is reserved (see [`GROWTH_STEP`]): a
+    /// reader fills what is spare, never more than the part's rest. Only valid while the
     /// caller's read buffer is empty: bytes in it come first.
     pub(crate) fn pending_part(&mut self) -> Option<(&mut Vec<u8>, usize)> {
         match self.part {
-            Some(part) if part.remaining > 0 => Some((&mut self.assembly, part.remaining)),
+            Some(part) if part.remaining > 0 => {
+                self.make_room(1, part.remaining);
+                Some((&mut self.assembly, part.remaining))
+            }
             _ => None,
         }
     }
@@ -100,17 +108,19 @@ impl MessageDecoder {
         }
     }
 
-    /// Makes room for `len` more bytes (the caller checked the total against the maximum):
-    /// at least double the capacity, to copy each byte O(1) times, but never beyond the
-    /// maximum.
-    fn reserve(&mut self, len: usize) {
-        let needed = self.assembly.len() + len;
-        if needed > self.assembly.capacity() {
-            let target = needed
-                .max(self.assembly.capacity().saturating_mul(2))
-                .min(self.max_message_size.max(needed));
-            self.assembly.reserve_exact(target - self.assembly.len());
+    /// Makes spare room for `n` bytes (at least one) of the current part, of which
+    /// `remaining` are still to come. Memory follows the bytes that actually arrive: the
+    /// buffer grows by what it holds (at least [`GROWTH_STEP`]), so it at most doubles and
+    /// each byte is copied O(1) times, and never beyond the end of the current part (whose
+    /// total the caller checked against the maximum). A peer that announces 16 MiB and
+    /// sends 5 bytes costs us 64 KiB, not 16 MiB.
+    fn make_room(&mut self, n: usize, remaining: usize) {
+        let spare = self.assembly.capacity() - self.assembly.len();
+        if spare >= n.max(1) {
+            return;
         }
+        let step = self.assembly.len().max(GROWTH_STEP).max(n).min(remaining);
+        self.assembly.reserve_exact(step);
     }
 }
 
@@ -120,11 +130,13 @@ impl Decoder for MessageDecoder {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
         loop {
-            if let Some(part) = self.part.as_mut() {
+            if let Some(mut part) = self.part {
                 let n = part.remaining.min(src.len());
+                self.make_room(n, part.remaining);
                 self.assembly.extend_from_slice(&src[..n]);
                 src.advance(n);
                 part.remaining -= n;
+                self.part = Some(part);
                 if part.remaining > 0 {
                     return Ok(None);
                 }
@@ -164,7 +176,6 @@ impl Decoder for MessageDecoder {
             }
             // `size` is within the maximum, so `len` fits a usize.
             let len = usize::try_from(len).map_err(|_| Error::MalformedFrame("chunk length"))?;
-            self.reserve(len);
             src.advance(FRAME_HEADER_LEN);
             self.assembling = true;
             self.part = Some(PartInProgress {
@@ -284,6 +295,62 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(dec.assembly.capacity(), 0);
+    }
+
+    /// Issue #12, item 3: an announced length costs memory only as its bytes arrive.
+    #[test]
+    fn memory_follows_the_bytes_that_arrive_not_the_announced_length() {
+        const MAX: usize = 16 << 20;
+        // A whole-message frame announcing 16 MiB, then 5 bytes.
+        let mut dec = MessageDecoder::new(MAX);
+        let mut buf = BytesMut::new();
+        put_frame_header(&mut buf, FrameKind::Message, MAX - 1).expect("header");
+        buf.extend_from_slice(b"hello");
+        assert_eq!(dec.decode(&mut buf).expect("partial"), None);
+        assert!(buf.capacity() <= 2 * GROWTH_STEP, "{}", buf.capacity());
+        // A chunk announcing 16 MiB, then 5 bytes.
+        let mut dec = MessageDecoder::new(MAX);
+        let mut buf = BytesMut::new();
+        put_frame_header(&mut buf, FrameKind::MessageChunk, MAX - 1).expect("header");
+        buf.extend_from_slice(b"hello");
+        assert_eq!(dec.decode(&mut buf).expect("partial"), None);
+        assert!(
+            dec.assembly.capacity() <= GROWTH_STEP,
+            "{}",
+            dec.assembly.capacity()
+        );
+        // As the chunk's bytes trickle in, the buffer stays within twice what arrived.
+        let mut received = 5;
+        for _ in 0..200 {
+            buf.extend_from_slice(&[7u8; 10_000]);
+            received += 10_000;
+            assert_eq!(dec.decode(&mut buf).expect("partial"), None);
+            assert_eq!(dec.assembly.len(), received);
+            assert!(
+                dec.assembly.capacity() <= (2 * received).max(GROWTH_STEP),
+                "{} bytes held in {}",
+                received,
+                dec.assembly.capacity()
+            );
+        }
+        // Read straight into the message: never more spare room than the part's rest.
+        let (message, rest) = dec.pending_part().expect("part pending");
+        assert_eq!(rest, MAX - 1 - received);
+        assert!(message.capacity() - message.len() <= rest);
+    }
+
+    #[test]
+    fn a_finished_chunked_message_holds_no_spare_capacity() {
+        let message: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let mut buf = BytesMut::new();
+        for part in message_frames(Bytes::from(message.clone()), 70_000) {
+            put(&mut buf, part.kind, &part.payload);
+        }
+        let mut dec = MessageDecoder::new(1 << 20);
+        let frames = drain(&mut dec, &mut buf).expect("valid");
+        assert_eq!(frames.len(), 1);
+        assert_eq!(&frames[0].payload[..], &message[..]);
+        assert_eq!(dec.assembly.capacity(), 0, "the message took its buffer");
     }
 
     #[test]

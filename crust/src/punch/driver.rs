@@ -218,7 +218,7 @@ impl Node {
             let changed = self.registry_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.registry().contains(peer) {
+            if self.registry().connected_directly(peer) {
                 return Some(peer);
             }
             tokio::select! {
@@ -356,7 +356,7 @@ impl Node {
                 Err(_) => tracing::debug!(%endpoint, "mapped endpoint did not answer in time"),
             }
         }
-        self.registry().contains(peer).then_some(peer)
+        self.registry().connected_directly(peer).then_some(peer)
     }
 
     /// Runs the punches of a plan side by side; the first connection wins and is
@@ -420,7 +420,7 @@ impl Node {
                 }
                 Err(e) => tracing::debug!(%peer, %protocol, error = %e, "punch failed"),
             }
-            if self.registry().contains(peer) {
+            if self.registry().connected_directly(peer) {
                 return Ok(peer);
             }
         }

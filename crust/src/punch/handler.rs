@@ -176,7 +176,8 @@ impl Node {
         {
             return decline(RefuseReason::TargetBusy);
         }
-        if self.registry().contains(origin) {
+        // Connected through a relay: a punch is what replaces that connection.
+        if self.registry().connected_directly(origin) {
             return decline(RefuseReason::AlreadyConnected);
         }
         let crossing = self

@@ -21,6 +21,14 @@
 //!   connection is likely dead) and keeps the previous one as a standby.
 //!
 //! Retired connections are drained in both directions, so no message is lost.
+//!
+//! ## Relayed connections give way
+//!
+//! A connection of our own (a dial, an accept, a punch) always beats a relayed one, on both
+//! sides: when it arrives while a relayed connection is active, it takes over at once
+//! ([`Admission::Upgrade`]) and the side that opened the relayed connection retires it
+//! (drained, `Superseded` first); a relayed connection arriving while one of our own is
+//! active loses the same way.
 
 use std::collections::{HashMap, HashSet};
 
@@ -63,6 +71,14 @@ pub(crate) enum Admission<H> {
         /// Extra connections beyond [`MAX_EXTRA_CONNECTIONS`], oldest first: abort them.
         abort: Vec<H>,
     },
+    /// A connection of our own replaced the peer's active relayed connection.
+    Upgrade {
+        /// The relayed connection, when we opened it: we end it (`Superseded` first).
+        retire: Option<H>,
+        /// The relayed connection: what arrived on it comes first (the new connection's
+        /// reader waits for its reader to end).
+        relayed: H,
+    },
 }
 
 /// What follows from a connection ending.
@@ -97,6 +113,8 @@ pub(crate) struct BanOutcome<H> {
 struct Slot<H> {
     id: ConnId,
     direction: Direction,
+    /// Through a relay (gives way to any connection of our own).
+    relayed: bool,
     /// The peer announced that it ends this connection in favour of another one.
     superseded: bool,
     handle: H,
@@ -133,12 +151,25 @@ impl<H: Clone> Registry<H> {
         }
     }
 
-    /// Decides about an authenticated connection `id` to `peer`.
+    /// Decides about an authenticated direct (not relayed) connection `id` to `peer`.
+    #[cfg(test)]
     pub(crate) fn admit(
         &mut self,
         peer: PeerId,
         id: ConnId,
         direction: Direction,
+        handle: H,
+    ) -> Admission<H> {
+        self.admit_connection(peer, id, direction, false, handle)
+    }
+
+    /// Decides about an authenticated connection `id` to `peer`, `relayed` or not.
+    pub(crate) fn admit_connection(
+        &mut self,
+        peer: PeerId,
+        id: ConnId,
+        direction: Direction,
+        relayed: bool,
         handle: H,
     ) -> Admission<H> {
         if self.shutting_down {
@@ -153,6 +184,7 @@ impl<H: Clone> Registry<H> {
         let slot = Slot {
             id,
             direction,
+            relayed,
             superseded: false,
             handle,
         };
@@ -174,8 +206,33 @@ impl<H: Clone> Registry<H> {
             }
             Some(entry) if entry.awaiting_successor => {
                 entry.awaiting_successor = false;
-                entry.active = slot;
-                Admission::Successor
+                let upgrade = entry.active.relayed && !slot.relayed;
+                let old = std::mem::replace(&mut entry.active, slot);
+                if upgrade {
+                    // The peer retired its relayed connection before ours arrived here.
+                    Admission::Upgrade {
+                        retire: None,
+                        relayed: old.handle,
+                    }
+                } else {
+                    Admission::Successor
+                }
+            }
+            Some(entry) if entry.active.relayed && !slot.relayed => {
+                let old = std::mem::replace(&mut entry.active, slot);
+                let retire = (old.direction == Direction::Outbound).then(|| old.handle.clone());
+                let relayed = old.handle.clone();
+                entry.others.push(old);
+                Admission::Upgrade { retire, relayed }
+            }
+            Some(entry) if slot.relayed && !entry.active.relayed => {
+                let retire = (slot.direction == Direction::Outbound).then(|| slot.handle.clone());
+                entry.others.push(slot);
+                Admission::Duplicate {
+                    retire,
+                    kept: None,
+                    abort: Vec::new(),
+                }
             }
             Some(entry) => {
                 let (retire, kept) = resolve_duplicate(entry, slot, self.us, peer);
@@ -299,6 +356,20 @@ impl<H: Clone> Registry<H> {
     /// True when `peer` is registered (connected, or waiting for a successor connection).
     pub(crate) fn contains(&self, peer: PeerId) -> bool {
         self.peers.contains_key(&peer)
+    }
+
+    /// True when `peer`'s active connection is one of our own (not relayed).
+    pub(crate) fn connected_directly(&self, peer: PeerId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|entry| !entry.active.relayed)
+    }
+
+    /// True when `peer`'s active connection goes through a relay.
+    pub(crate) fn connected_by_relay(&self, peer: PeerId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|entry| entry.active.relayed)
     }
 
     /// True when `peer` is banned.

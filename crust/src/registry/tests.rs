@@ -296,3 +296,99 @@ fn every_interleaving_keeps_invariants() {
         }
     }
 }
+
+/// Issue #11: a connection of our own replaces an active relayed one on both sides, and
+/// the side that opened the relayed connection is the one that retires it.
+#[test]
+fn a_direct_connection_takes_over_from_a_relayed_one() {
+    let (a, b) = ids();
+    for (direct_a, direct_b) in [(Outbound, Inbound), (Inbound, Outbound)] {
+        // A opened the relayed connection (through a relay: A outbound, B inbound).
+        let mut at_a = registry(a);
+        let mut at_b = registry(b);
+        assert_eq!(
+            at_a.admit_connection(b, 1, Outbound, true, 1),
+            Admission::NewPeer
+        );
+        assert_eq!(
+            at_b.admit_connection(a, 1, Inbound, true, 1),
+            Admission::NewPeer
+        );
+        assert!(at_a.connected_by_relay(b) && !at_a.connected_directly(b));
+        assert_eq!(
+            at_a.admit_connection(b, 2, direct_a, false, 2),
+            Admission::Upgrade {
+                retire: Some(1),
+                relayed: 1
+            }
+        );
+        assert_eq!(
+            at_b.admit_connection(a, 2, direct_b, false, 2),
+            Admission::Upgrade {
+                retire: None,
+                relayed: 1
+            }
+        );
+        for (r, peer) in [(&mut at_a, b), (&mut at_b, a)] {
+            assert_eq!(r.active(peer), Some((2, &2)));
+            assert!(r.connected_directly(peer));
+            // The drained relayed connection ends: nothing to report.
+            r.mark_superseded(peer, 1);
+            assert_eq!(r.connection_ended(peer, 1), Ended::Nothing);
+            assert_eq!(r.active(peer), Some((2, &2)));
+        }
+    }
+}
+
+#[test]
+fn a_relayed_connection_never_displaces_a_direct_one() {
+    let (us, peer) = ids();
+    let mut r = registry(us);
+    assert_eq!(r.admit(peer, 1, Inbound, 1), Admission::NewPeer);
+    assert_eq!(
+        r.admit_connection(peer, 2, Outbound, true, 2),
+        Admission::Duplicate {
+            retire: Some(2),
+            kept: None,
+            abort: vec![]
+        }
+    );
+    assert_eq!(r.active(peer), Some((1, &1)));
+    assert_eq!(
+        r.admit_connection(peer, 3, Inbound, true, 3),
+        Admission::Duplicate {
+            retire: None,
+            kept: None,
+            abort: vec![]
+        }
+    );
+    assert!(r.connected_directly(peer));
+}
+
+/// The accepting side may see the relayed connection superseded and ended before the
+/// direct one registers: still an upgrade.
+#[test]
+fn an_upgrade_after_the_relayed_connection_drained_is_still_an_upgrade() {
+    let (a, b) = ids();
+    let mut at_b = registry(b);
+    assert_eq!(
+        at_b.admit_connection(a, 1, Inbound, true, 1),
+        Admission::NewPeer
+    );
+    at_b.mark_superseded(a, 1);
+    assert_eq!(at_b.connection_ended(a, 1), Ended::AwaitSuccessor);
+    assert_eq!(
+        at_b.admit_connection(a, 2, Inbound, false, 2),
+        Admission::Upgrade {
+            retire: None,
+            relayed: 1
+        }
+    );
+    assert!(at_b.connected_directly(a));
+    // A plain successor stays a successor.
+    let mut r = registry(b);
+    r.admit(a, 1, Inbound, 1);
+    r.mark_superseded(a, 1);
+    assert_eq!(r.connection_ended(a, 1), Ended::AwaitSuccessor);
+    assert_eq!(r.admit(a, 2, Inbound, 2), Admission::Successor);
+}

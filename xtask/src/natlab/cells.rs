@@ -18,6 +18,7 @@ use super::topology::{self, Lab, Role, Router};
 use super::upnp;
 
 mod punch;
+mod relay;
 mod router;
 mod support;
 
@@ -84,6 +85,14 @@ pub(crate) enum Cell {
     /// `pub` sends to `r1`'s WAN port before `a1` uses it (an early punch); `a1`'s mapping
     /// towards `pub` must still keep its port (the WAN input firewall's job).
     EarlyPunch,
+    /// `a1` behind `r1` (first type) connects to `b1` behind `r2` (second type) by `PeerId`
+    /// where no punch works: through `pub` as a relay, many trials, a message each way.
+    Relay(NatType, NatType),
+    /// A relay allowing one circuit per peer refuses a second one with a typed reason.
+    RelayLimit,
+    /// A pair behind port-restricted NATs, relayed while the routers cannot reach each
+    /// other, upgrades to a punched path once they can, nothing lost or reordered.
+    RelayUpgrade,
 }
 
 impl Cell {
@@ -101,6 +110,9 @@ impl Cell {
             Cell::EarlyPunch => "early-punch/port-restricted".to_owned(),
             Cell::UpnpCrust => "upnp/crust-peer-maps".to_owned(),
             Cell::Ipv6Firewall => "ipv6/firewall".to_owned(),
+            Cell::Relay(a, b) => format!("relay/{a}->{b}"),
+            Cell::RelayLimit => "relay/limit".to_owned(),
+            Cell::RelayUpgrade => "relay/upgrade/port-restricted".to_owned(),
         }
     }
 
@@ -118,6 +130,9 @@ impl Cell {
             }
         }
         cells.push(Cell::PunchMapped);
+        cells.push(Cell::Relay(NatType::Symmetric, NatType::Symmetric));
+        cells.push(Cell::RelayLimit);
+        cells.push(Cell::RelayUpgrade);
         cells.push(Cell::DirectNone);
         cells.push(Cell::EarlyPunch);
         cells.push(Cell::Upnp);
@@ -157,6 +172,9 @@ impl Cell {
             ),
             Cell::Punch(NatType::Symmetric, NatType::Symmetric, PunchProtocol::Udp),
             Cell::PunchMapped,
+            Cell::Relay(NatType::Symmetric, NatType::Symmetric),
+            Cell::RelayLimit,
+            Cell::RelayUpgrade,
             Cell::DirectNone,
             Cell::UpnpCrust,
             Cell::Ipv6Firewall,
@@ -235,6 +253,9 @@ impl Ctx<'_> {
             Cell::EarlyPunch => self.early_punch(&name),
             Cell::UpnpCrust => self.upnp_crust(&name),
             Cell::Ipv6Firewall => self.ipv6_firewall(&name),
+            Cell::Relay(a, b) => self.relay(&name, a, b),
+            Cell::RelayLimit => self.relay_limit(&name),
+            Cell::RelayUpgrade => self.relay_upgrade(&name),
         };
         match result {
             Ok(mut report) => {
@@ -595,7 +616,9 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 1 + 1 + 2 + 1);
+        // observe, filter, pairs, same-nat, punches, punch/mapped, relays (3), direct,
+        // early punch, upnp (2), ipv6.
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 3 + 1 + 1 + 2 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));

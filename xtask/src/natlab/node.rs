@@ -326,6 +326,23 @@ impl Node {
         }
     }
 
+    /// Every event at or after position `from` that `pred` accepts (of those still held:
+    /// the log keeps the most recent events only).
+    pub(crate) fn events_since(&self, from: u64, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        self.log
+            .state
+            .lock()
+            .map(|state| {
+                state
+                    .events
+                    .iter()
+                    .filter(|e| e.seq >= from && pred(e))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Starts `connect <endpoint>`; [`Node::finish_dial`] waits for its answer.
     pub(crate) fn dial(&self, endpoint: &str) -> Result<PendingDial> {
         let from = self.mark();

@@ -458,6 +458,40 @@ impl Lab {
             .with_context(|| format!("flushing conntrack on {}", r.name()))
     }
 
+    /// Drops (or, with `blocked` false, lets through again) every packet between the two
+    /// routers' WAN addresses, both ways: "the direct path is blocked" while each still
+    /// reaches the public hosts. A table of its own (`natlab_block`, before conntrack),
+    /// so re-configuring a router's NAT leaves it alone.
+    pub(crate) fn block_between_routers(&self, blocked: bool) -> Result<()> {
+        for (router, other) in [(Router::R1, Router::R2), (Router::R2, Router::R1)] {
+            let ns = self.ns(router.role());
+            if blocked {
+                let rules = format!(
+                    "table ip natlab_block {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tiifname \"wan\" ip saddr {} drop\n\t}}\n}}\n",
+                    other.wan_ip()
+                );
+                run_with_input("ip", &["netns", "exec", &ns, "nft", "-f", "-"], &rules)
+                    .with_context(|| format!("blocking on {}", router.role().name()))?;
+            } else {
+                // Absent already is fine.
+                let _ = run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &ns,
+                        "nft",
+                        "delete",
+                        "table",
+                        "ip",
+                        "natlab_block",
+                    ],
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the lab now, also a kept one (processes inside are killed).
     pub(crate) fn remove(&mut self) {
         if self.removed {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crust::{Endpoint, PeerAddr, PeerId, Service};
 use serde_json::{Value, json};
 
-use crate::printer::{Printer, direction_str, join, reachability_json, reachability_text};
+use crate::printer::{Printer, direction_str, join, reachability_json, reachability_text, via};
 
 pub(crate) const HELP: &[(&str, &str)] = &[
     (
@@ -25,6 +25,7 @@ pub(crate) const HELP: &[(&str, &str)] = &[
         "measure the round-trip time to a connected peer",
     ),
     ("nat", "how we can be reached: NAT type, external endpoints"),
+    ("relays", "how many circuits we relay for other peers now"),
     ("send <peer> <text>", "send the rest of the line to a peer"),
     ("peers", "list connected peers"),
     ("disconnect <peer>", "close the connection to a peer"),
@@ -157,22 +158,25 @@ pub(crate) fn spawn_connect_to(service: &Arc<Service>, printer: Printer, addr: P
         let endpoints = addr.endpoints.clone();
         match service.connect_to(addr.clone()).await {
             Ok(peer) => {
-                let path = service
-                    .peer_info(peer)
-                    .map(|info| info.connection.path.as_str());
+                let path = service.peer_info(peer).map(|info| info.connection.path);
+                let via = path.and_then(via);
+                let path = path.map(|path| path.as_str());
                 printer.emit(
-                    json!({"event": "connected", "peer": peer, "endpoints": endpoints, "path": path}),
+                    json!({"event": "connected", "peer": peer, "endpoints": endpoints, "path": path, "via": via}),
                     || format!("connected {peer} ({})", path.unwrap_or("gone again")),
                 )
             }
             Err(e) => {
                 let reason = crust::ConnectFailure::from(&e);
-                let punch = match &e {
-                    crust::Error::PunchFailed(failure) => Some(failure.kind()),
-                    _ => None,
+                let (punch, relay) = match &e {
+                    crust::Error::PunchFailed(failure) => (Some(failure.kind()), None),
+                    crust::Error::RelayFailed { relay, punch } => {
+                        (punch.as_ref().map(|p| p.kind()), Some(relay.kind()))
+                    }
+                    _ => (None, None),
                 };
                 printer.emit(
-                    json!({"event": "error", "message": format!("connect {}: {e}", addr.peer_id), "command": "connect", "reason_kind": reason.kind(), "punch_failure": punch}),
+                    json!({"event": "error", "message": format!("connect {}: {e}", addr.peer_id), "command": "connect", "reason_kind": reason.kind(), "punch_failure": punch, "relay_failure": relay}),
                     || format!("error: connect {}: {e}", addr.peer_id),
                 )
             }
@@ -295,6 +299,7 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                         "protocol": info.protocol.as_str(),
                         "direction": direction_str(info.direction),
                         "path": info.path.as_str(),
+                        "via": via(info.path),
                         "rtt_ms": rtt,
                     })
                 })
@@ -312,6 +317,12 @@ pub(crate) async fn run_command(service: &Arc<Service>, printer: Printer, line: 
                     ));
                 }
                 out
+            });
+        }
+        "relays" => {
+            let circuits = service.relayed_circuits();
+            printer.emit(json!({"event": "relays", "circuits": circuits}), || {
+                format!("relays {circuits} circuits")
             });
         }
         "nat" => {

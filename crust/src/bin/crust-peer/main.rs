@@ -75,6 +75,7 @@
 //! crust-peer --loopback --beacon              # two of these find each other
 //! ```
 
+mod allocator;
 mod commands;
 mod printer;
 
@@ -172,6 +173,34 @@ struct Args {
     /// other nodes to use).
     #[arg(long, default_value_t = crust::beacon::DEFAULT_PORT)]
     beacon_port: u16,
+    /// Never relay for others, never use or accept relayed connections.
+    #[arg(long)]
+    no_relay: bool,
+    /// Do not relay circuits for other peers (still use relays ourselves).
+    #[arg(long)]
+    no_relay_service: bool,
+    /// Most circuits relayed for other peers at once (at most a eighth of them, at least
+    /// one, per peer).
+    #[arg(long, default_value_t = 64)]
+    relay_max_circuits: usize,
+    /// Do not hole-punch when connecting by peer id (a relay is still tried).
+    #[arg(long)]
+    no_hole_punching: bool,
+}
+
+fn relay_config(args: &Args) -> crust::RelayConfig {
+    if args.no_relay {
+        return crust::RelayConfig::disabled();
+    }
+    let defaults = crust::RelayConfig::default();
+    crust::RelayConfig::default()
+        .with_serve(!args.no_relay_service)
+        .with_limits(
+            args.relay_max_circuits,
+            (args.relay_max_circuits / 8).max(1),
+            defaults.max_bytes_per_circuit,
+            defaults.max_duration,
+        )
 }
 
 fn config_from(args: &Args, printer: Printer) -> anyhow::Result<ServiceConfig> {
@@ -196,7 +225,9 @@ fn config_from(args: &Args, printer: Printer) -> anyhow::Result<ServiceConfig> {
         .with_tcp(!args.no_tcp)
         .with_rudp(!args.no_rudp)
         .with_loopback_endpoints(args.loopback)
-        .with_min_observer_networks(args.min_observer_networks);
+        .with_min_observer_networks(args.min_observer_networks)
+        .with_hole_punching(!args.no_hole_punching)
+        .with_relay(relay_config(args));
     if !args.loopback && !args.no_port_mapping {
         config = config.with_port_mapping(crust::PortMapConfig::default());
     }
@@ -470,8 +501,13 @@ async fn run(args: Args, printer: Printer) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn main() -> std::process::ExitCode {
+    allocator::return_large_buffers_to_the_os();
+    run_main()
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn run_main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -42,6 +42,34 @@ impl Printer {
         }
     }
 
+    /// Prints a `message` line straight to stdout: a message may be 16 MiB, and building
+    /// the line first would copy it twice more (a JSON value, then the line), memory the
+    /// allocator may keep long after.
+    fn message(&self, peer: crust::PeerId, payload: &[u8]) {
+        if STDOUT_CLOSED.is_cancelled() {
+            return;
+        }
+        let text = String::from_utf8_lossy(payload);
+        let out = std::io::stdout().lock();
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+        let written = if self.json {
+            // Keys as `event_first` orders them: "event", then the others sorted.
+            write!(
+                out,
+                r#"{{"event":"message","len":{},"peer":"{peer}","text":"#,
+                payload.len()
+            )
+            .and_then(|()| serde_json::to_writer(&mut out, text.as_ref()).map_err(Into::into))
+            .and_then(|()| writeln!(out, "}}"))
+        } else {
+            writeln!(out, "message {} {:?}", peer.short(), text.as_ref())
+        };
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            tracing::info!(error = %e, "stdout is closed; shutting down");
+            STDOUT_CLOSED.cancel();
+        }
+    }
+
     pub(crate) fn warning(&self, message: impl std::fmt::Display) {
         let message = message.to_string();
         tracing::warn!("{message}");
@@ -78,10 +106,35 @@ impl Printer {
                     "direction": direction_str(*direction),
                     "protocol": protocol.as_str(),
                     "path": path.as_str(),
+                    "via": via(*path),
                 }),
                 || {
                     format!(
                         "new-peer {} {endpoint} {} {protocol} {path}",
+                        peer.short(),
+                        direction_str(*direction)
+                    )
+                },
+            ),
+            Event::ConnectionUpgraded {
+                peer,
+                endpoint,
+                direction,
+                protocol,
+                path,
+                ..
+            } => self.emit(
+                json!({
+                    "event": "connection_upgraded",
+                    "peer": peer,
+                    "endpoint": endpoint,
+                    "direction": direction_str(*direction),
+                    "protocol": protocol.as_str(),
+                    "path": path.as_str(),
+                }),
+                || {
+                    format!(
+                        "upgraded {} {endpoint} {} {protocol} {path}",
                         peer.short(),
                         direction_str(*direction)
                     )
@@ -95,13 +148,7 @@ impl Printer {
                 json!({"event": "messages_unconfirmed", "peer": peer, "count": count, "sent": sent}),
                 || format!("messages-unconfirmed {} {count} of {sent}", peer.short()),
             ),
-            Event::Message { peer, payload } => {
-                let text = String::from_utf8_lossy(payload);
-                self.emit(
-                    json!({"event": "message", "peer": peer, "text": text, "len": payload.len()}),
-                    || format!("message {} {text:?}", peer.short()),
-                )
-            }
+            Event::Message { peer, payload } => self.message(*peer, payload),
             Event::ConnectFailed {
                 endpoints,
                 peer,
@@ -196,6 +243,14 @@ pub(crate) fn event_first(mut value: Value) -> String {
             }
         }
         None => value.to_string(),
+    }
+}
+
+/// The relay of a relayed connection (`via` in JSON), else `None`.
+pub(crate) fn via(path: crust::ConnectionPath) -> Option<crust::PeerId> {
+    match path {
+        crust::ConnectionPath::Relayed { via } => Some(via),
+        _ => None,
     }
 }
 

@@ -34,7 +34,7 @@ struct Trial {
 /// Sends `connect <peer>` (by `PeerId` alone) to `from` and waits for its answer
 /// (`connected` or the command's `error`). Returns the answer, the time from the command
 /// to it, and the event position the wait started from.
-fn connect_by_id(from: &Node, peer: &str) -> Result<(NodeEvent, Duration, u64)> {
+pub(super) fn connect_by_id(from: &Node, peer: &str) -> Result<(NodeEvent, Duration, u64)> {
     let marked = from.mark();
     let sent = Instant::now();
     from.send(&format!("connect {peer}"))?;
@@ -48,7 +48,7 @@ fn connect_by_id(from: &Node, peer: &str) -> Result<(NodeEvent, Duration, u64)> 
 }
 
 /// The reason of a failed `connect <peer>`, without the command's prefix.
-fn connect_error(answer: &NodeEvent, peer: &str) -> String {
+pub(super) fn connect_error(answer: &NodeEvent, peer: &str) -> String {
     let message = answer.str("message");
     message
         .strip_prefix(&format!("connect {peer}:"))
@@ -58,8 +58,64 @@ fn connect_error(answer: &NodeEvent, peer: &str) -> String {
 }
 
 impl Ctx<'_> {
+    /// Starts fresh `a1` and `b1` (trial `i` of `cell`, with `flags`) on unused ports,
+    /// connects each to the two observers over `scheme` (`tcp` or `rudp`), and waits until
+    /// both know their NAT class and the rendezvous `pub` registered both.
+    pub(super) fn classified_pair(
+        &mut self,
+        cell: &str,
+        i: usize,
+        flags: &[&str],
+        scheme: &str,
+    ) -> Result<(Node, Node)> {
+        let (a_ports, b_ports) = self.trial_ports();
+        let dir = cell_log_dir(&self.logs, cell).join(format!("trial-{i:02}"));
+        let a1 = Node::start_with(
+            &self.bin,
+            &self.lab.ns(Role::A1),
+            "a1",
+            a_ports,
+            &dir,
+            flags,
+        )?;
+        let b1 = Node::start_with(
+            &self.bin,
+            &self.lab.ns(Role::B1),
+            "b1",
+            b_ports,
+            &dir,
+            flags,
+        )?;
+        let p = self.publics;
+        let pub_mark = p.rendezvous.mark();
+        for node in [&a1, &b1] {
+            let marked = node.mark();
+            for observer in [&p.rendezvous, &p.other_address] {
+                let outcome = node.connect(&observer.endpoint(scheme)?, CONNECT)?;
+                if !outcome.connected() {
+                    bail!(
+                        "{} could not reach {}: {}",
+                        node.name,
+                        observer.name,
+                        outcome.error.unwrap_or_default()
+                    );
+                }
+            }
+            node.wait_for(marked, CLASSIFIED, "its NAT class", |e| {
+                e.name() == "reachability_changed"
+                    && matches!(e.str("nat_type"), "cone" | "symmetric" | "public")
+            })?;
+        }
+        // The coordinator knows both (its side of each connection is registered).
+        for node in [&a1, &b1] {
+            p.rendezvous
+                .inbound_from(pub_mark, &node.peer_id, FOLLOW_UP)?;
+        }
+        Ok((a1, b1))
+    }
+
     /// The next four unused ports: `(a1 tcp, a1 rudp)`, `(b1 tcp, b1 rudp)`.
-    fn trial_ports(&mut self) -> ((u16, u16), (u16, u16)) {
+    pub(super) fn trial_ports(&mut self) -> ((u16, u16), (u16, u16)) {
         let offset = self.next_trial_port;
         self.next_trial_port = (self.next_trial_port + 4) % TRIAL_PORT_SPAN;
         let p = TRIAL_PORT_BASE + offset;
@@ -184,53 +240,15 @@ impl Ctx<'_> {
     }
 
     fn punch_trial(&mut self, cell: &str, i: usize, protocol: PunchProtocol) -> Result<Trial> {
-        let (a_ports, b_ports) = self.trial_ports();
-        let dir = cell_log_dir(&self.logs, cell).join(format!("trial-{i:02}"));
         // IPv4 only: IPv6 is routed in the lab (a stateful firewall, no NAT), and a punch
-        // over it would say nothing about the NATs.
-        let only = ["--no-port-mapping", "--no-ipv6", protocol.disable_other()];
-        let a1 = Node::start_with(
-            &self.bin,
-            &self.lab.ns(Role::A1),
-            "a1",
-            a_ports,
-            &dir,
-            &only,
-        )?;
-        let b1 = Node::start_with(
-            &self.bin,
-            &self.lab.ns(Role::B1),
-            "b1",
-            b_ports,
-            &dir,
-            &only,
-        )?;
-        let p = self.publics;
-        let scheme = protocol.name_in_endpoints();
-        let pub_mark = p.rendezvous.mark();
-        for node in [&a1, &b1] {
-            let marked = node.mark();
-            for observer in [&p.rendezvous, &p.other_address] {
-                let outcome = node.connect(&observer.endpoint(scheme)?, CONNECT)?;
-                if !outcome.connected() {
-                    bail!(
-                        "{} could not reach {}: {}",
-                        node.name,
-                        observer.name,
-                        outcome.error.unwrap_or_default()
-                    );
-                }
-            }
-            node.wait_for(marked, CLASSIFIED, "its NAT class", |e| {
-                e.name() == "reachability_changed"
-                    && matches!(e.str("nat_type"), "cone" | "symmetric" | "public")
-            })?;
-        }
-        // The coordinator knows both (its side of each connection is registered).
-        for node in [&a1, &b1] {
-            p.rendezvous
-                .inbound_from(pub_mark, &node.peer_id, FOLLOW_UP)?;
-        }
+        // over it would say nothing about the NATs. No relay: this measures the punch.
+        let only = [
+            "--no-port-mapping",
+            "--no-ipv6",
+            "--no-relay",
+            protocol.disable_other(),
+        ];
+        let (a1, b1) = self.classified_pair(cell, i, &only, protocol.name_in_endpoints())?;
         let (answer, elapsed, marked) = connect_by_id(&a1, &b1.peer_id)?;
         let trial = if answer.name() == "connected" {
             let new_peer = a1.wait_for(marked, FOLLOW_UP, "new_peer for b1", |e| {
