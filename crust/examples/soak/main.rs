@@ -41,9 +41,11 @@ use resources::Sample;
 
 /// Resident memory may end this much above where it started. The allocator keeps freed
 /// pages for reuse (glibc's per-thread arenas, with two runtime workers and the blocking
-/// pool), and the first large messages grow the buffers it keeps for good; a leak grows
-/// with the run's length instead, which the RSS samples in the JSON show.
-const RSS_TOLERANCE_KIB: u64 = 64 * 1024;
+/// pool; this program does not tune it the way `crust-peer` does), and the first large
+/// messages grow the buffers it keeps: 5-minute runs on a 2-core machine ended 37 to
+/// 66 MiB above their start, with RSS flat while churning. A leak grows with the run's
+/// length instead, which [`RSS_TREND_SLACK_KIB`] checks.
+const RSS_TOLERANCE_KIB: u64 = 96 * 1024;
 /// Memory must also be flat while nodes churn: in runs long enough to have 9 samples (one
 /// every 10 s), the highest RSS of the last third may exceed the highest of the middle
 /// third by at most 10 % plus this much. A leak grows with the run; the allocator's
