@@ -43,7 +43,7 @@ use resources::Sample;
 /// pages for reuse (glibc's per-thread arenas, with two runtime workers and the blocking
 /// pool; this program does not tune it the way `crust-peer` does), and the first large
 /// messages grow the buffers it keeps: 5-minute runs on a 2-core machine ended 37 to
-/// 66 MiB above their start, with RSS flat while churning. A leak grows with the run's
+/// 65 MiB above their start, with RSS flat while churning. A leak grows with the run's
 /// length instead, which [`RSS_TREND_SLACK_KIB`] checks.
 const RSS_TOLERANCE_KIB: u64 = 96 * 1024;
 /// Memory must also be flat while nodes churn: in runs long enough to have 9 samples (one
