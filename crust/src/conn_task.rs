@@ -12,6 +12,7 @@ use crust_core::{Connection, Direction, Endpoint, MessageReceiver, PeerId};
 use tracing::Instrument;
 
 use crate::config::FloodAction;
+use crate::delivery::Closing;
 use crate::liveness::{Liveness, LivenessAction, decode_nonce, encode_nonce};
 use crate::node::{ConnHandle, DiscoveryReport, MANUAL_PING_BIT, Node};
 use crate::observed::usable_observed_address;
@@ -60,6 +61,7 @@ impl Node {
             rtt_micros: Arc::new(AtomicU64::new(0)),
             since: Instant::now(),
             manual_pings: Arc::default(),
+            delivery: Arc::default(),
             reader_done: tokio_util::sync::CancellationToken::new(),
         };
         let info = handle.sender.info().clone();
@@ -189,13 +191,7 @@ impl Node {
                 .sender
                 .send_frame(FrameKind::Superseded, Bytes::new())
                 .await;
-            handle.sender.finish().await;
-            if tokio::time::timeout(deadline, handle.sender.closed())
-                .await
-                .is_err()
-            {
-                handle.sender.abort();
-            }
+            Node::close_gracefully(&handle, Closing::Drain, deadline).await;
         });
     }
 
@@ -268,6 +264,8 @@ impl Node {
                                 return LostReason::PingTimeout { silent_for };
                             }
                             LivenessAction::WaitUntil(at) => {
+                                let ack = handle.delivery.poll(&handle.sender, now);
+                                let at = ack.map_or(at, |ack| ack.min(at));
                                 timer.as_mut().reset(at.into());
                                 break;
                             }
@@ -278,6 +276,9 @@ impl Node {
             };
             let mut next = first.map(Some);
             let mut batch_bytes = 0;
+            // Application messages in this batch, for the delivery acknowledgements.
+            let mut messages = 0u64;
+            let discard = handle.delivery.discards();
             // Then take whatever else already arrived, and hand it over as one batch.
             loop {
                 let frame = match next {
@@ -289,8 +290,12 @@ impl Node {
                     }
                 };
                 // Circuit bytes are application data on their way (bounded by the circuits'
-                // windows and limits), not control work.
-                let metered = if frame.kind == crate::relay::RELAY_FRAME {
+                // windows and limits), and an acknowledgement that confirms new messages
+                // was earned by our sending: neither is control work.
+                let earned = frame.kind == crate::relay::RELAY_FRAME
+                    || (frame.kind == crate::delivery::DELIVERED_FRAME
+                        && handle.delivery.advances(&frame.payload));
+                let metered = if earned {
                     FrameKind::Message
                 } else {
                     frame.kind
@@ -312,12 +317,19 @@ impl Node {
                     meter = RateMeter::new(&self.config.rate_limit, Instant::now());
                 }
                 match frame.kind {
+                    FrameKind::Message if discard => {
+                        tracing::trace!(%peer, "closing: discarding a message");
+                    }
                     FrameKind::Message => {
+                        messages += 1;
                         batch_bytes += frame.payload.len();
                         batch.push(Event::Message {
                             peer,
                             payload: frame.payload,
                         });
+                    }
+                    crate::delivery::DELIVERED_FRAME => {
+                        handle.delivery.on_frame(peer, &frame.payload);
                     }
                     FrameKind::Ping => {
                         // Never wait on a peer that pings faster than it reads.
@@ -411,9 +423,22 @@ impl Node {
             }
             self.emit_wait_alive(std::mem::take(&mut batch), handle)
                 .await;
+            let now = Instant::now();
+            let handed_over = !self.shutdown.is_cancelled();
+            if let Some(at) = handle.delivery.delivered(
+                &handle.sender,
+                messages,
+                batch_bytes as u64,
+                handed_over,
+                now,
+            ) {
+                if at < timer.deadline().into_std() {
+                    timer.as_mut().reset(at.into());
+                }
+            }
             // Heard from the peer now; time spent waiting for our application to take
             // events is not held against the peer either.
-            liveness.heard(Instant::now());
+            liveness.heard(now);
         }
     }
 
@@ -443,6 +468,8 @@ impl Node {
     /// Applies the end of a connection to the registry and reports what follows.
     async fn connection_ended(self: &Arc<Self>, handle: &ConnHandle, reason: LostReason) {
         let peer = handle.sender.info().peer_id;
+        // Before the peer's `LostPeer`: what the peer did not confirm on this connection.
+        self.report_unconfirmed(handle, handle.sender.peer_finished());
         let ended = self.registry().connection_ended(peer, handle.id);
         match ended {
             Ended::Nothing => self.registry_changed.notify_waiters(),
@@ -466,6 +493,7 @@ impl Node {
                     if let Some((rest, none_left)) = overdue {
                         for connection in rest {
                             connection.sender.abort();
+                            node.report_unconfirmed(&connection, false);
                         }
                         node.peer_removed(peer, LostReason::SupersededNotReplaced, none_left);
                     }
@@ -474,6 +502,7 @@ impl Node {
             Ended::Lost { abort, none_left } => {
                 for connection in abort {
                     connection.sender.abort();
+                    self.report_unconfirmed(&connection, false);
                 }
                 self.peer_removed(peer, reason, none_left);
             }

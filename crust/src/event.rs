@@ -50,6 +50,26 @@ pub enum Event {
         /// Why (typed; its `Display` says it in words).
         reason: LostReason,
     },
+    /// A connection to `peer` ended before the peer confirmed the last `count` of the
+    /// `sent` messages [`Service::send`](crate::Service::send) (or `send_many`) accepted on
+    /// it: they may not have arrived. Messages stay in order on a connection, so these are
+    /// exactly the last `count` sent on it; every earlier one was confirmed. "Confirmed"
+    /// means the peer's Crust received the message and queued it for its application, not
+    /// that the application processed it.
+    ///
+    /// Emitted before the [`Event::LostPeer`] of that end, except after
+    /// [`Service::disconnect`](crate::Service::disconnect), whose `LostPeer` comes at once
+    /// while the graceful close (which normally confirms everything) runs on. Also emitted
+    /// while shutting down. A connection that ends with everything confirmed reports
+    /// nothing.
+    MessagesUnconfirmed {
+        /// The peer the messages were for.
+        peer: PeerId,
+        /// How many of the last messages sent on the connection were not confirmed.
+        count: u64,
+        /// How many messages were sent on the connection in all.
+        sent: u64,
+    },
     /// A message from a peer.
     Message {
         /// The sender.

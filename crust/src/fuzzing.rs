@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use crust_core::{Endpoint, PeerId};
 
+use crate::delivery::Delivered;
 use crate::filtering::ProbeMessage;
 use crate::liveness::{decode_nonce, encode_nonce};
 use crate::punch::fuzzing::{punch_round_trip, punch_samples};
@@ -101,6 +102,31 @@ pub fn ping_nonce_seeds() -> Vec<Vec<u8>> {
         encode_nonce(0).to_vec(),
         encode_nonce(0x0123_4567_89ab_cdef).to_vec(),
     ]
+}
+
+/// Decodes a delivery acknowledgement payload (frame kind 18); `true` when well formed.
+///
+/// # Panics
+///
+/// When a decoded acknowledgement does not re-encode to the input (a codec bug; reserved
+/// flag bits are the one thing not kept).
+pub fn decode_delivered(payload: &[u8]) -> bool {
+    let Some(delivered) = Delivered::decode(payload) else {
+        return false;
+    };
+    let again = delivered.encode();
+    assert_eq!(again[..8], payload[..8], "count does not round-trip");
+    assert_eq!(again[8], payload[8] & 1, "closing flag does not round-trip");
+    assert_eq!(Delivered::decode(&again), Some(delivered));
+    true
+}
+
+/// Valid delivery acknowledgement payloads.
+pub fn delivered_seeds() -> Vec<Vec<u8>> {
+    [(0, false), (300, false), (u64::MAX, true)]
+        .into_iter()
+        .map(|(count, closing)| Delivered { count, closing }.encode().to_vec())
+        .collect()
 }
 
 /// Sample values the seed functions build messages from.

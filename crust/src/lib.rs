@@ -39,6 +39,7 @@ mod codec;
 mod config;
 mod conn_task;
 mod control;
+mod delivery;
 mod dial;
 mod discovery_driver;
 mod endpoints;

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::address_book::AddressBook;
 use crate::config::ServiceConfig;
 use crate::control::ControlRoutes;
+use crate::delivery::Closing;
 use crate::events::EventQueue;
 use crate::observed::ObservedAddresses;
 use crate::reachability::{NatClassifier, Reachability};
@@ -37,6 +38,8 @@ pub(crate) struct ConnHandle {
     /// Pings the application asked for ([`Service::ping`](crate::Service::ping)), waiting
     /// for their pongs.
     pub(crate) manual_pings: Arc<Mutex<Vec<ManualPing>>>,
+    /// Messages sent and confirmed, received and acknowledged (`delivery.rs`).
+    pub(crate) delivery: Arc<crate::delivery::Delivery>,
     /// Cancelled once the connection's reader has handed over everything it read.
     pub(crate) reader_done: tokio_util::sync::CancellationToken,
 }
@@ -266,10 +269,17 @@ impl Node {
             return false;
         };
         self.peer_removed(peer, LostReason::Disconnected, none_left);
-        // The graceful close (queued messages written, the peer's end awaited, bounded by
-        // the close timeout) runs in the background: the caller never waits on the peer.
+        // The graceful close (our closing acknowledgement, queued messages written, the
+        // peer's end awaited, bounded by the close timeout) runs in the background: the
+        // caller never waits on the peer.
+        let timeout = self.config.connection.handshake_timeout;
         self.tasks.spawn(async move {
-            futures::future::join_all(connections.iter().map(|c| c.sender.close())).await;
+            futures::future::join_all(
+                connections
+                    .iter()
+                    .map(|c| Node::close_gracefully(c, Closing::Stop, timeout)),
+            )
+            .await;
         });
         true
     }
@@ -280,6 +290,7 @@ impl Node {
             let outcome = self.registry().ban(peer);
             for connection in &outcome.connections {
                 connection.sender.abort();
+                self.report_unconfirmed(connection, false);
             }
             if outcome.newly_banned {
                 tracing::info!(%peer, "banned");

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::config::ServiceConfig;
 use crate::conn_task::Cause;
 use crate::control::ControlChannel;
+use crate::delivery::Closing;
 use crate::events::{EventQueue, Events};
 use crate::node::{DISCOVERY_REPORT_QUEUE, MANUAL_PING_BIT, MAX_MANUAL_PINGS, ManualPing, Node};
 use crate::reachability::Reachability;
@@ -383,8 +384,12 @@ impl Service {
             let Some((_, active)) = registry.active(peer) else {
                 return Err(Error::NotConnected(peer));
             };
+            let counted = active.delivery.count(1);
             match active.sender.try_send(payload) {
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    counted.keep();
+                    return Ok(());
+                }
                 // Full or closed: the slow path below waits for room or a successor.
                 Ok(Some(payload)) => payload,
                 Err(e) => return Err(e.into()),
@@ -392,17 +397,25 @@ impl Service {
         };
         let deadline = tokio::time::Instant::now() + self.node.config.connection.handshake_timeout;
         loop {
-            let (id, sender) = {
+            let (id, sender, delivery) = {
                 let registry = self.node.registry();
                 match registry.active(peer) {
-                    Some((id, active)) => (id, active.sender.clone()),
+                    Some((id, active)) => (id, active.sender.clone(), active.delivery.clone()),
                     None => return Err(Error::NotConnected(peer)),
                 }
             };
+            // One message is queued at the instant the send completes, so a send dropped
+            // while waiting for room queued nothing: the guard then takes the count back.
+            let counted = delivery.count(1);
             match sender.send(payload.clone()).await {
                 Err(crust_core::Error::ConnectionClosed) => {}
-                other => return other.map_err(Error::from),
+                Ok(()) => {
+                    counted.keep();
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             }
+            drop(counted);
             // The connection ended before taking the message: wait for its successor while
             // the peer is still registered, then try again on it.
             let changed = self.node.registry_changed.notified();
@@ -425,14 +438,24 @@ impl Service {
     /// successor connection if the connection ends under it: on
     /// [`crust_core::Error::ConnectionClosed`] an unknown prefix may have been queued.
     pub async fn send_many(&self, peer: PeerId, messages: &[Bytes]) -> Result<()> {
-        let sender = {
+        let (sender, delivery) = {
             let registry = self.node.registry();
             match registry.active(peer) {
-                Some((_, active)) => active.sender.clone(),
+                Some((_, active)) => (active.sender.clone(), active.delivery.clone()),
                 None => return Err(Error::NotConnected(peer)),
             }
         };
-        sender.send_many(messages).await.map_err(Error::from)
+        // Counted for good before anything is queued: a prefix may be queued even when this
+        // future is dropped halfway, or fails with `ConnectionClosed` (over-reporting is
+        // safe, under-reporting is not).
+        let n = messages.len() as u64;
+        delivery.count(n).keep();
+        let outcome = sender.send_many(messages).await;
+        if let Err(crust_core::Error::MessageTooLarge { .. }) = &outcome {
+            // Sizes are checked before anything is queued.
+            delivery.uncount(n);
+        }
+        outcome.map_err(Error::from)
     }
 
     /// The connected peers, with the connection each uses.
@@ -548,7 +571,15 @@ impl Service {
         }
         let connections = self.node.registry().shut_down();
         self.node.registry_changed.notify_waiters();
-        futures::future::join_all(connections.iter().map(|c| c.sender.close())).await;
+        // Each connection: our closing acknowledgement, what is queued written, the peer's
+        // end awaited (so that it confirms what we sent), bounded by the close timeout.
+        let timeout = self.node.config.connection.handshake_timeout;
+        futures::future::join_all(
+            connections
+                .iter()
+                .map(|c| Node::close_gracefully(c, Closing::Stop, timeout)),
+        )
+        .await;
         self.node.tasks.close();
         self.node.tasks.wait().await;
         self.node.stopped.cancel();

@@ -58,6 +58,11 @@ pub const TARGETS: &[Target] = &[
         seeds: crust::fuzzing::ping_nonce_seeds,
     },
     Target {
+        name: "delivered",
+        run: delivered,
+        seeds: crust::fuzzing::delivered_seeds,
+    },
+    Target {
         name: "probe_datagram",
         run: probe_datagram,
         seeds: probe_datagram_seeds,
@@ -198,6 +203,11 @@ pub fn observed_address(data: &[u8]) {
 /// Target: the ping/pong nonce payload.
 pub fn ping_nonce(data: &[u8]) {
     crust::fuzzing::decode_ping_nonce(data);
+}
+
+/// Target: the delivery acknowledgement payload (frame kind 18); round trip.
+pub fn delivered(data: &[u8]) {
+    crust::fuzzing::decode_delivered(data);
 }
 
 /// Target: probe datagrams ([`crust_core::probe::decode_probe`]); a probe re-encodes to

@@ -14,6 +14,11 @@
 //! * `cargo xtask bench [--quick] [ARGS]...`: runs the loopback benchmark
 //!   (`crust/benches/bench.rs`) in release mode; prints a table and writes it as
 //!   JSON to `target/bench/latest.json`.
+//! * `cargo xtask soak [--minutes N] [--nodes M] [--seed S]`: churn and soak on loopback
+//!   (`crust/examples/soak/`, release build): nodes join and leave while messages flow;
+//!   fails on any message lost without a report, duplicated or reordered, and on fds, tasks
+//!   or memory not back to their starting level. Writes `target/soak/report.json`. `test`
+//!   runs a 20-second soak (debug build) after the demo.
 //! * `cargo xtask fuzz [--seconds N] [--target T]...`: runs the cargo-fuzz targets of
 //!   `fuzz/` (every parser of peer or disk input) for N seconds each (`src/fuzz.rs`);
 //!   prints executions, crashes and time per target.
@@ -76,6 +81,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Churn and soak: in-process nodes join and leave at random while messages flow.
+    ///
+    /// Release build of `crust/examples/soak/`. Checks that every message `send` accepted
+    /// arrived exactly once and in order or was reported to its sender
+    /// (`MessagesUnconfirmed`), and that fds, tokio tasks and memory return to their
+    /// starting level; prints a table, writes `target/soak/report.json`, exits non-zero on
+    /// any failure.
+    Soak(SoakArgs),
     /// Fuzz every parser of peer or disk input (cargo-fuzz targets in `fuzz/`).
     ///
     /// Runs each target for `--seconds` (default 10) and prints executions, crashes and
@@ -98,6 +111,23 @@ enum Task {
         /// Its second address, for CHANGE-REQUESTs.
         alternate: std::net::Ipv4Addr,
     },
+}
+
+/// Arguments of the `soak` task.
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// How long nodes churn (minutes; fractions allowed). Default 1.
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// Most nodes alive at once.
+    #[arg(long, default_value_t = 16)]
+    nodes: usize,
+    /// Seed of the RNG that drives churn and traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Debug build instead of release (what `cargo xtask test` runs: no extra build).
+    #[arg(long)]
+    debug: bool,
 }
 
 /// Arguments of the `test` task.
@@ -139,6 +169,7 @@ fn run(task: Task) -> Result<()> {
             cmd.arg("--").args(args);
             xtask.run(cmd)
         }
+        Task::Soak(args) => xtask.soak(&args),
         Task::Fuzz(args) => fuzz::run(&xtask, &args),
         Task::Natlab(args) => natlab::run(&xtask, &args),
         Task::NatlabStun { primary, alternate } => natlab::upnp::serve_stun(primary, alternate),
@@ -190,6 +221,25 @@ impl Xtask {
         }
         println!("    ok in {elapsed:.1}s");
         Ok(())
+    }
+
+    /// The `soak` task: runs `crust/examples/soak/` and writes its report.
+    fn soak(&self, args: &SoakArgs) -> Result<()> {
+        let target = env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("target"));
+        let json = target.join("soak").join("report.json");
+        let mut cmd = self.cargo(["run", "--quiet", "-p", "crust", "--example", "soak"]);
+        if !args.debug {
+            cmd.arg("--release");
+        }
+        cmd.arg("--")
+            .args(["--seconds", &format!("{}", args.minutes * 60.0)])
+            .args(["--nodes", &args.nodes.to_string()])
+            .args(["--seed", &args.seed.to_string()])
+            .arg("--json")
+            .arg(&json);
+        self.run(cmd)
     }
 
     /// Whether `cargo nextest` is installed.
@@ -271,6 +321,14 @@ impl Xtask {
             let mut demo = self.cargo(["run", "-p", package, "--example", example]);
             demo.arg("--quiet");
             self.run(demo)?;
+            // A short churn and soak (debug build, 20 s, at most 6 nodes): delivery
+            // accounting and resource levels under joins, leaves, crashes and bans.
+            self.soak(&SoakArgs {
+                minutes: 20.0 / 60.0,
+                nodes: 6,
+                seed: 1,
+                debug: true,
+            })?;
         }
 
         // The NAT lab's short set (root only; elsewhere it prints why it skips), with the

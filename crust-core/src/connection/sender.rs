@@ -217,6 +217,12 @@ impl MessageSender {
         self.shared.is_closed()
     }
 
+    /// True once the peer ended its stream cleanly (TLS `close_notify`, QUIC `FIN`) and the
+    /// receiver has read everything it sent before; false after an abort or an error.
+    pub fn peer_finished(&self) -> bool {
+        self.shared.peer_finished.is_cancelled()
+    }
+
     /// Completes when the connection is closed, for any reason.
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await

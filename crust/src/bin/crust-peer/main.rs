@@ -39,7 +39,7 @@
 //! {"event":"error","message":"unknown command \"foo\" (try help)"}
 //! ```
 //!
-//! Other JSON events: `listener_started`, `connected`, `lost_peer`, `connect_failed`,
+//! Other JSON events: `listener_started`, `connected`, `lost_peer`, `messages_unconfirmed`, `connect_failed`,
 //! `duplicate_connection_closed`, `flood_detected`, `peer_banned`, `address_observed`,
 //! `bootstrap_connected`, `sent`, `disconnected`, `peers`, `endpoints`, `known_peers`,
 //! `pong`, `help`, `warning`, `stopped`. Event names and fields are a stable interface: fields are

@@ -144,6 +144,10 @@ impl Printer {
                 json!({"event": "lost_peer", "peer": peer, "reason": reason.to_string(), "reason_kind": reason.kind()}),
                 || format!("lost-peer {} {:?}", peer.short(), reason.to_string()),
             ),
+            Event::MessagesUnconfirmed { peer, count, sent } => self.emit(
+                json!({"event": "messages_unconfirmed", "peer": peer, "count": count, "sent": sent}),
+                || format!("messages-unconfirmed {} {count} of {sent}", peer.short()),
+            ),
             Event::Message { peer, payload } => self.message(*peer, payload),
             Event::ConnectFailed {
                 endpoints,
