@@ -34,6 +34,7 @@ local kind_names = {
     [7] = "MessageChunk",
     [16] = "NatFilteringTest",
     [17] = "HolePunch",
+    [18] = "Delivered",
     [19] = "Relay",
     [24] = "TracerHello",
     [25] = "TracerProof",
@@ -126,6 +127,8 @@ local f = {
     probe_nonce = ProtoField.uint64("crust.punch.probe_nonce", "Probe nonce", base.HEX),
     candidates = ProtoField.uint8("crust.punch.candidates", "Candidates", base.DEC),
     candidate_kind = ProtoField.uint8("crust.punch.candidate_kind", "Candidate kind", base.DEC, candidate_kinds),
+    delivered_count = ProtoField.uint64("crust.delivered.count", "Messages received", base.DEC),
+    delivered_closing = ProtoField.bool("crust.delivered.closing", "Sender ends its side", 8, nil, 0x01),
     relay_type = ProtoField.uint8("crust.relay.type", "Type", base.DEC, relay_types),
     relay_circuit = ProtoField.uint32("crust.relay.circuit", "Circuit id", base.DEC),
     relay_peer = ProtoField.bytes("crust.relay.peer", "Peer"),
@@ -430,6 +433,13 @@ local function dissect_frame(tvb, pinfo, tree, offset)
             summary = filtering(body, ft, pinfo)
         elseif kind == 17 then
             summary = punch(body, ft, pinfo)
+        elseif kind == 18 and len == 9 then
+            ft:add(f.delivered_count, body(0, 8))
+            ft:add(f.delivered_closing, body(8, 1))
+            summary = " count=" .. body(0, 8):uint64():tostring()
+            if body(8, 1):bitfield(7, 1) == 1 then
+                summary = summary .. " closing"
+            end
         elseif kind == 19 then
             summary = relay(body, ft, pinfo)
         elseif kind == 24 then
