@@ -46,6 +46,7 @@ mod error;
 mod event;
 mod events;
 mod filtering;
+mod gossip;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -70,6 +71,7 @@ pub use discovery_driver::DISCOVERY_CONCURRENCY;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use events::Events;
+pub use gossip::{GossipConfig, MAX_ENDPOINTS_PER_RECORD, MAX_RECORDS_PER_MESSAGE};
 pub use punch::PunchFailure;
 pub use reachability::{FilteringBehaviour, MappingBehaviour, NatType, Reachability};
 pub use reason::{
