@@ -280,7 +280,9 @@ mod tests {
             vec![ep("tcp://10.0.0.1:1"), ep("tcp://192.0.2.66:1")]
         );
         // A full list of known endpoints takes no hint at all.
-        let full: Vec<Endpoint> = (1..=8).map(|p| ep(&format!("tcp://10.0.0.2:{p}"))).collect();
+        let full: Vec<Endpoint> = (1..=8)
+            .map(|p| ep(&format!("tcp://10.0.0.2:{p}")))
+            .collect();
         book.insert(&PeerAddr::new(peer(2)).with_endpoints(full.clone()), t0);
         book.insert_hint(
             &PeerAddr::new(peer(2)).with_endpoints([ep("tcp://192.0.2.66:1")]),

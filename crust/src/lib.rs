@@ -46,10 +46,10 @@ mod error;
 mod event;
 mod events;
 mod filtering;
-mod gossip;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod gossip;
 mod listen;
 mod liveness;
 mod node;

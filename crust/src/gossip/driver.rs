@@ -24,7 +24,11 @@ pub(crate) struct GossipState {
 }
 
 impl GossipState {
-    pub(crate) fn new(us: PeerId, config: &ServiceConfig, transports: &[Arc<dyn Transport>]) -> Self {
+    pub(crate) fn new(
+        us: PeerId,
+        config: &ServiceConfig,
+        transports: &[Arc<dyn Transport>],
+    ) -> Self {
         GossipState {
             table: GossipTable::new(
                 us,
@@ -138,8 +142,8 @@ impl Node {
                 if ignored + over_cap > 0 {
                     tracing::debug!(%peer, ignored, over_cap, "gossip records not used");
                 }
+                let mut learned = Vec::new();
                 let mut book = self.address_book();
-                let mut learned = 0;
                 for hint in hints {
                     // Whoever told us is connected to the peer: a relay or hole-punch
                     // coordinator to try.
@@ -149,11 +153,17 @@ impl Node {
                     }
                     let heard = now.checked_sub(hint.age).unwrap_or(now);
                     if book.insert_hint(&addr, heard) {
-                        learned += 1;
+                        learned.push(hint.peer);
                     }
                 }
-                if learned > 0 {
-                    tracing::debug!(%peer, learned, "peers learned by gossip");
+                drop(book);
+                if !learned.is_empty() {
+                    tracing::debug!(%peer, learned = learned.len(), "peers learned by gossip");
+                    // Bounded: a source teaches at most `max_records_per_source` peers.
+                    self.emit_now(Event::PeersLearned {
+                        from: peer,
+                        peers: learned,
+                    });
                 }
             }
         }

@@ -24,7 +24,10 @@ pub(crate) fn gossip_samples() -> Vec<Vec<u8>> {
             PeerRecord {
                 peer: sample_peer(1),
                 age: Duration::ZERO,
-                endpoints: vec![endpoint("tcp://192.0.2.1:5483"), endpoint("rudp://[2001:db8::1]:5484")],
+                endpoints: vec![
+                    endpoint("tcp://192.0.2.1:5483"),
+                    endpoint("rudp://[2001:db8::1]:5484"),
+                ],
             },
             PeerRecord {
                 peer: sample_peer(2),

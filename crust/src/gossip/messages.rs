@@ -62,8 +62,8 @@ impl GossipMessage {
                 for record in records {
                     put_peer(&mut out, record.peer);
                     out.put_u32(u32::try_from(record.age.as_secs()).unwrap_or(u32::MAX));
-                    let endpoints = &record.endpoints
-                        [..record.endpoints.len().min(MAX_ENDPOINTS_PER_RECORD)];
+                    let endpoints =
+                        &record.endpoints[..record.endpoints.len().min(MAX_ENDPOINTS_PER_RECORD)];
                     out.put_u8(endpoints.len() as u8);
                     for endpoint in endpoints {
                         put_endpoint(&mut out, *endpoint);

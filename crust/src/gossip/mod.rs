@@ -93,9 +93,15 @@ impl GossipConfig {
         }
     }
 
-    /// This configuration pushing every `interval` (at least 100 ms).
+    /// This configuration pushing every `interval` (at least 100 ms). The budget of
+    /// messages accepted per peer is raised to at least twice that push rate (plus the
+    /// request and answer of a connection), so that peers with the same configuration
+    /// never exceed it.
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(100));
+        let pushes_per_minute = 60.0 / self.interval.as_secs_f64();
+        self.messages_per_minute = self.messages_per_minute.max(2.0 * pushes_per_minute + 4.0);
+        self.burst_messages = self.burst_messages.max(pushes_per_minute.min(60.0));
         self
     }
 

@@ -158,7 +158,10 @@ impl GossipTable {
                 continue;
             }
             if record.peer == from {
-                state.own = Some((endpoints.clone(), now.checked_sub(record.age).unwrap_or(now)));
+                state.own = Some((
+                    endpoints.clone(),
+                    now.checked_sub(record.age).unwrap_or(now),
+                ));
             } else if !state.taught.contains(&record.peer) {
                 if state.taught.len() >= cap {
                     over_cap += 1;
@@ -414,7 +417,10 @@ mod tests {
             assert_eq!(records[0].peer, peer(0), "our own record first");
             assert_eq!(records[0].age, Duration::ZERO);
             assert!(records[1..].iter().all(|r| r.peer != peer(1)));
-            assert!(records[1..].iter().all(|r| r.age == Duration::from_secs(3)), "heard 1 s before t0, sent 2 s after");
+            assert!(
+                records[1..].iter().all(|r| r.age == Duration::from_secs(3)),
+                "heard 1 s before t0, sent 2 s after"
+            );
             seen.extend(records[1..].iter().map(|r| r.peer));
         }
         // Six slots over four other peers: every one of them was sent.
