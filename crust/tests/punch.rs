@@ -7,11 +7,15 @@ mod common;
 use std::time::Instant;
 
 use common::{SAFETY_NET, init_tracing, node, wait_for};
-use crust::{ConnectionPath, Direction, Error, Event, PunchFailure, Service, ServiceConfig};
+use crust::{
+    ConnectionPath, Direction, Error, Event, GossipConfig, PunchFailure, Service, ServiceConfig,
+};
 
 fn config() -> ServiceConfig {
-    // Observed endpoints are not needed: loopback listeners are the candidates.
-    ServiceConfig::loopback()
+    // Observed endpoints are not needed: loopback listeners are the candidates. No gossip:
+    // it would teach each node the others' loopback endpoints, and these tests are about
+    // peers known only by id.
+    ServiceConfig::loopback().with_gossip(GossipConfig::disabled())
 }
 
 /// Connects each node to `r` and waits until `r` has registered them all (a coordinator

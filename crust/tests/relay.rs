@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{SAFETY_NET, init_tracing, node, wait_for};
-use crust::{ConnectionPath, Error, Event, RelayConfig, RelayFailure, Service, ServiceConfig};
+use crust::{
+    ConnectionPath, Error, Event, GossipConfig, RelayConfig, RelayFailure, Service, ServiceConfig,
+};
 
 /// A node that reaches others only by relay (no hole punching).
 fn relaying_only() -> ServiceConfig {
-    ServiceConfig::loopback().with_hole_punching(false)
+    // No gossip: it would teach the ends each other's loopback endpoints (a direct path).
+    ServiceConfig::loopback()
+        .with_hole_punching(false)
+        .with_gossip(GossipConfig::disabled())
 }
 
 async fn connect(from: &Service, to: &Service) {

@@ -4,8 +4,9 @@
 //! many ("multi-hop discovery").
 //!
 //! What a node sends: its own record first, then records of the peers it is connected to
-//! (as they described themselves to it), a window at a time in turn. It never passes on
-//! what it only heard by gossip, so a lie travels one hop at most. What a node accepts:
+//! (as they described themselves to it), then records it heard by gossip (at most
+//! [`GossipConfig::max_heard`] kept, never sent back to their source, dropped once older
+//! than [`GossipConfig::max_age`]), a window of each at a time in turn. What a node accepts:
 //! records checked before use (no endpoint outside the scopes we dial, see
 //! [`usable_endpoint`](table::usable_endpoint); never our own id; not older than
 //! [`GossipConfig::max_age`]; at most [`GossipConfig::max_records_per_source`] peers
@@ -68,6 +69,9 @@ pub struct GossipConfig {
     pub max_records_per_source: usize,
     /// Records older than this are ignored. Default 10 minutes.
     pub max_age: Duration,
+    /// Records heard by gossip kept to pass on to other peers (multi-hop discovery), the
+    /// oldest dropped first. Default 1024.
+    pub max_heard: usize,
 }
 
 impl Default for GossipConfig {
@@ -80,6 +84,7 @@ impl Default for GossipConfig {
             burst_messages: 10.0,
             max_records_per_source: 256,
             max_age: Duration::from_secs(600),
+            max_heard: 1024,
         }
     }
 }
@@ -116,6 +121,12 @@ impl GossipConfig {
     pub fn with_message_budget(mut self, per_minute: f64, burst: f64) -> Self {
         self.messages_per_minute = per_minute;
         self.burst_messages = burst;
+        self
+    }
+
+    /// This configuration keeping at most `max` records heard by gossip to pass on.
+    pub fn with_max_heard(mut self, max: usize) -> Self {
+        self.max_heard = max;
         self
     }
 

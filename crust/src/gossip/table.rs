@@ -64,8 +64,20 @@ struct PeerState {
     own: Option<(Vec<Endpoint>, Instant)>,
     /// The peers it taught us about (at most `max_records_per_source`).
     taught: HashSet<PeerId>,
-    /// Where the next push to this peer starts in the list of records we can send.
+    /// Where the next push to this peer starts in the list of records we can send: first
+    /// hand (connected peers' own records), second hand (records heard by gossip).
     cursor: usize,
+    heard_cursor: usize,
+}
+
+/// A record heard by gossip, passed on in turn (multi-hop discovery).
+#[derive(Debug)]
+struct Heard {
+    endpoints: Vec<Endpoint>,
+    /// When the peer itself last gave these endpoints (the record's age taken off).
+    at: Instant,
+    /// Who told us (never sent the record back).
+    source: PeerId,
 }
 
 /// Gossip state of a node: one entry per connected peer that gossips.
@@ -76,6 +88,8 @@ pub(crate) struct GossipTable {
     protocols: Vec<Protocol>,
     include_loopback: bool,
     peers: HashMap<PeerId, PeerState>,
+    /// At most [`GossipConfig::max_heard`] records heard by gossip, the oldest dropped first.
+    heard: HashMap<PeerId, Heard>,
 }
 
 impl GossipTable {
@@ -91,6 +105,7 @@ impl GossipTable {
             protocols,
             include_loopback,
             peers: HashMap::new(),
+            heard: HashMap::new(),
         }
     }
 
@@ -105,6 +120,7 @@ impl GossipTable {
             own: None,
             taught: HashSet::new(),
             cursor: 0,
+            heard_cursor: 0,
         })
     }
 
@@ -175,6 +191,12 @@ impl GossipTable {
                 age: record.age,
             });
         }
+        for hint in &hints {
+            if hint.peer != from {
+                let at = now.checked_sub(hint.age).unwrap_or(now);
+                self.remember(hint.peer, &hint.endpoints, at, from);
+            }
+        }
         Ok(Outcome::Learned {
             hints,
             ignored,
@@ -182,9 +204,46 @@ impl GossipTable {
         })
     }
 
+    /// Keeps a record heard by gossip to pass on (the newest per peer), within the bound.
+    fn remember(&mut self, peer: PeerId, endpoints: &[Endpoint], at: Instant, source: PeerId) {
+        if let Some(known) = self.heard.get(&peer) {
+            if known.at >= at {
+                return;
+            }
+        } else if self.heard.len() >= self.config.max_heard {
+            let oldest = self
+                .heard
+                .iter()
+                .min_by_key(|(id, heard)| (heard.at, **id))
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(oldest) if self.heard[&oldest].at < at => {
+                    self.heard.remove(&oldest);
+                }
+                _ => return,
+            }
+        }
+        self.heard.insert(
+            peer,
+            Heard {
+                endpoints: endpoints.to_vec(),
+                at,
+                source,
+            },
+        );
+    }
+
+    /// Records heard by gossip that we keep to pass on.
+    #[cfg(test)]
+    pub(crate) fn heard_len(&self) -> usize {
+        self.heard.len()
+    }
+
     /// The records to send `to` at `now`, at most `max`: our own first (when we have
     /// endpoints), then the next window of the other connected peers' own records (in
-    /// `PeerId` order, so that successive pushes go round all of them).
+    /// `PeerId` order, so that successive pushes go round all of them), then, while there
+    /// is room, the next window of records heard by gossip (not about `to`, not from `to`,
+    /// not about a connected peer whose own record we have, not stale).
     pub(crate) fn select(
         &mut self,
         to: PeerId,
@@ -217,7 +276,7 @@ impl GossipTable {
             })
             .collect();
         others.sort_by_key(|(peer, _, _)| *peer);
-        let room = max - records.len();
+        let room = max.saturating_sub(records.len());
         let total = others.len();
         let start = self.peers.get(&to).map_or(0, |s| s.cursor) % total.max(1);
         for i in 0..room.min(total) {
@@ -229,8 +288,36 @@ impl GossipTable {
             });
         }
         let sent = room.min(total);
+        let first_hand: HashSet<PeerId> = others.iter().map(|(peer, _, _)| *peer).collect();
+        let mut second: Vec<(PeerId, &Heard, Duration)> = self
+            .heard
+            .iter()
+            .filter(|(peer, heard)| {
+                **peer != to && heard.source != to && !first_hand.contains(*peer)
+            })
+            .filter_map(|(peer, heard)| {
+                let age = now.saturating_duration_since(heard.at);
+                (age <= max_age).then_some((*peer, heard, age))
+            })
+            .collect();
+        second.sort_by_key(|(peer, _, _)| *peer);
+        let room2 = max.saturating_sub(records.len());
+        let total2 = second.len();
+        let start2 = self.peers.get(&to).map_or(0, |s| s.heard_cursor) % total2.max(1);
+        let mut extra = Vec::with_capacity(room2.min(total2));
+        for i in 0..room2.min(total2) {
+            let (peer, heard, age) = &second[(start2 + i) % total2];
+            extra.push(PeerRecord {
+                peer: *peer,
+                age: *age,
+                endpoints: heard.endpoints.clone(),
+            });
+        }
+        records.extend(extra);
+        let sent2 = room2.min(total2);
         if let Some(state) = self.peers.get_mut(&to) {
             state.cursor = (start + sent) % total.max(1);
+            state.heard_cursor = (start2 + sent2) % total2.max(1);
         }
         records
     }
@@ -396,6 +483,49 @@ mod tests {
             table
                 .on_message(peer(1), request, t0 + Duration::from_secs(1))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn heard_records_are_passed_on_bounded_and_never_back() {
+        let t0 = Instant::now();
+        let mut config = GossipConfig::default().with_records_per_message(4);
+        config.max_heard = 3;
+        let mut table = table(config, false);
+        // Peer 1 tells us about 10..14 (aged 5 s); peer 2 is connected and says nothing.
+        let told: Vec<PeerRecord> = (10..15)
+            .map(|n| PeerRecord {
+                age: Duration::from_secs(5),
+                ..record(n, "tcp://192.0.2.1:1")
+            })
+            .collect();
+        table
+            .on_message(peer(1), GossipMessage::Records(told), t0)
+            .expect("in budget");
+        assert_eq!(table.heard_len(), 3, "bounded");
+        table.connected(peer(2), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        let records = table.select(peer(2), &[], t1, 16);
+        assert_eq!(records.len(), 3);
+        assert!(records.iter().all(|r| r.age == Duration::from_secs(6)));
+        // Never back to the source.
+        assert!(table.select(peer(1), &[], t1, 16).is_empty());
+        // A newer record from elsewhere replaces the oldest; an older one is not kept.
+        let newer = PeerRecord {
+            age: Duration::ZERO,
+            ..record(20, "tcp://192.0.2.2:1")
+        };
+        table
+            .on_message(peer(3), GossipMessage::Records(vec![newer]), t1)
+            .expect("in budget");
+        assert_eq!(table.heard_len(), 3);
+        let records = table.select(peer(2), &[], t1, 16);
+        assert!(records.iter().any(|r| r.peer == peer(20)));
+        // Stale heard records are not passed on.
+        assert!(
+            table
+                .select(peer(2), &[], t0 + Duration::from_secs(3600), 16)
+                .is_empty()
         );
     }
 
