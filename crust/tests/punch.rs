@@ -8,14 +8,18 @@ use std::time::Instant;
 
 use common::{SAFETY_NET, init_tracing, node, wait_for};
 use crust::{
-    ConnectionPath, Direction, Error, Event, GossipConfig, PunchFailure, Service, ServiceConfig,
+    ConnectionPath, Direction, Error, Event, GossipConfig, PunchFailure, RelayConfig, Service,
+    ServiceConfig,
 };
 
 fn config() -> ServiceConfig {
     // Observed endpoints are not needed: loopback listeners are the candidates. No gossip:
     // it would teach each node the others' loopback endpoints, and these tests are about
-    // peers known only by id.
-    ServiceConfig::loopback().with_gossip(GossipConfig::disabled())
+    // peers known only by id. No relays: these tests are about what punching does alone
+    // (a relay would connect where they expect a punch's failure).
+    ServiceConfig::loopback()
+        .with_gossip(GossipConfig::disabled())
+        .with_relay(RelayConfig::disabled())
 }
 
 /// Connects each node to `r` and waits until `r` has registered them all (a coordinator

@@ -14,6 +14,10 @@
 //! * `cargo xtask bench [--quick] [ARGS]...`: runs the loopback benchmark
 //!   (`crust/benches/bench.rs`) in release mode; prints a table and writes it as
 //!   JSON to `target/bench/latest.json`.
+//! * `cargo xtask sim [--nodes N] [--k K] [--seed S] [ARGS]...`: the gossip
+//!   simulation (`crust/examples/gossip_sim.rs`, release): N services on loopback, each
+//!   told about one bootstrap node; time until each knows K peers, pairs reached by
+//!   `PeerId`, memory per node.
 //! * `cargo xtask fuzz [--seconds N] [--target T]...`: runs the cargo-fuzz targets of
 //!   `fuzz/` (every parser of peer or disk input) for N seconds each (`src/fuzz.rs`);
 //!   prints executions, crashes and time per target.
@@ -76,6 +80,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Simulate gossip at scale: N services on loopback, each told about one bootstrap node
+    /// (release build of `crust/examples/gossip_sim.rs`).
+    ///
+    /// Measures the time until every node knows K peers, random pairs reaching each other
+    /// by `PeerId` alone, and memory per node; prints a table and JSON. Arguments are passed
+    /// through: `--nodes 200 --k 20 --pairs 50 --seed 1 --interval-ms 500
+    /// --topology star|tree --timeout-secs 180 --json PATH`.
+    Sim {
+        /// Arguments passed through to the simulation, e.g. `--nodes 200`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Fuzz every parser of peer or disk input (cargo-fuzz targets in `fuzz/`).
     ///
     /// Runs each target for `--seconds` (default 10) and prints executions, crashes and
@@ -125,6 +141,19 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Test(args) => xtask.test(&args),
         Task::Ci => xtask.test(&TestArgs::default()),
+        Task::Sim { args } => {
+            let mut cmd = xtask.cargo([
+                "run",
+                "--release",
+                "-p",
+                "crust",
+                "--example",
+                "gossip_sim",
+                "--",
+            ]);
+            cmd.args(args);
+            xtask.run(cmd)
+        }
         Task::Demo { args } => {
             let (package, example) = DEMO;
             let mut cmd = xtask.cargo(["run", "--release", "-p", package, "--example", example]);
