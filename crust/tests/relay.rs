@@ -24,6 +24,12 @@ async fn connect(from: &Service, to: &Service) {
     from.connect(&to.our_endpoints(), Some(to.peer_id()))
         .await
         .expect("direct connect");
+    // The dialler's handshake ends before the listener's: a relay can only join peers it
+    // has registered.
+    eventually("the listener registers the dialler", || {
+        to.is_connected(from.peer_id())
+    })
+    .await;
 }
 
 /// Waits (bounded) until `f` holds; the registry and the circuit table change in tasks.
