@@ -5,12 +5,15 @@
 //!
 //! ```text
 //! cargo xtask sim [--nodes 200] [--k 20] [--pairs 50] [--seed 1] [--interval-ms 500]
-//!                 [--topology star|tree] [--timeout-secs 180] [--json PATH]
+//!                 [--topology star|tree] [--timeout-secs 180] [--pairs-at-k]
+//!                 [--max-per-source 256] [--json PATH]
 //! ```
 //!
 //! `star`: every node's one bootstrap node is node 0. `tree`: node i's is a random earlier
 //! node (seeded), so most nodes are several hops from most others and only multi-hop
-//! gossip can introduce them. Prints a table and one JSON object (also to `--json`).
+//! gossip can introduce them. The pairs start once every node knows all the others, or with
+//! `--pairs-at-k` once every node knows K. Prints a table and one JSON object (also to
+//! `--json`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,11 @@ struct Args {
     tree: bool,
     timeout: Duration,
     json: Option<String>,
+    /// Start the pairs as soon as every node knows K peers (not all of them).
+    pairs_at_k: bool,
+    /// Peers one source may teach a node (`GossipConfig::max_records_per_source`); the
+    /// default 256 keeps a star's leaves from learning all of more than 257 nodes.
+    max_per_source: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -42,6 +50,8 @@ fn parse_args() -> Result<Args> {
         tree: false,
         timeout: Duration::from_secs(180),
         json: None,
+        pairs_at_k: false,
+        max_per_source: GossipConfig::default().max_records_per_source,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +64,8 @@ fn parse_args() -> Result<Args> {
             "--interval-ms" => args.interval = Duration::from_millis(value()?.parse()?),
             "--timeout-secs" => args.timeout = Duration::from_secs(value()?.parse()?),
             "--json" => args.json = Some(value()?),
+            "--pairs-at-k" => args.pairs_at_k = true,
+            "--max-per-source" => args.max_per_source = value()?.parse()?,
             "--topology" => {
                 args.tree = match value()?.as_str() {
                     "star" => false,
@@ -119,27 +131,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Drains one node's events: notes when it first knows K peers, forwards messages.
+/// Drains one node's events: notes when it first knows K peers and when it knows all the
+/// others, forwards messages.
+struct Progress {
+    k: usize,
+    all: usize,
+    start: Instant,
+    converged: Arc<Mutex<HashMap<PeerId, Duration>>>,
+    complete: Arc<Mutex<HashMap<PeerId, Duration>>>,
+}
+
 fn drain(
     service: Service,
     mut events: crust::Events,
-    k: usize,
-    start: Instant,
-    converged: Arc<Mutex<HashMap<PeerId, Duration>>>,
+    progress: Arc<Progress>,
     messages: mpsc::Sender<(PeerId, PeerId)>,
 ) {
     tokio::spawn(async move {
-        let mut done = false;
+        let (mut done, mut full) = (false, false);
         while let Some(event) = events.recv().await {
-            if !done
-                && matches!(event, Event::PeersLearned { .. })
-                && service.known_peers().len() >= k
-            {
-                done = true;
-                converged
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(service.peer_id(), start.elapsed());
+            if !full && matches!(event, Event::PeersLearned { .. }) {
+                let known = service.known_peers().len();
+                let at = progress.start.elapsed();
+                if !done && known >= progress.k {
+                    done = true;
+                    let mut converged =
+                        progress.converged.lock().unwrap_or_else(|p| p.into_inner());
+                    converged.insert(service.peer_id(), at);
+                }
+                if known >= progress.all {
+                    full = true;
+                    let mut complete = progress.complete.lock().unwrap_or_else(|p| p.into_inner());
+                    complete.insert(service.peer_id(), at);
+                }
             }
             if let Event::Message { peer, .. } = event {
                 let _ = messages.send((peer, service.peer_id())).await;
@@ -153,11 +177,21 @@ async fn main() -> Result<()> {
     let args = parse_args()?;
     // Per node: a TCP listener, a UDP socket, and one socket per connection end.
     let fd_limit = raise_fd_limit((args.nodes as u64) * 8 + (args.pairs as u64) * 2 + 512);
-    let gossip = GossipConfig::default().with_interval(args.interval);
+    let gossip = GossipConfig::default()
+        .with_interval(args.interval)
+        .with_max_records_per_source(args.max_per_source);
     let config = ServiceConfig::loopback().with_gossip(gossip);
     let rss_before = rss_bytes();
     let start = Instant::now();
     let converged = Arc::new(Mutex::new(HashMap::new()));
+    let complete = Arc::new(Mutex::new(HashMap::new()));
+    let progress = Arc::new(Progress {
+        k: args.k,
+        all: args.nodes - 1,
+        start,
+        converged: converged.clone(),
+        complete: complete.clone(),
+    });
     let (messages_tx, mut messages) = mpsc::channel(1024);
     let mut nodes = Vec::with_capacity(args.nodes);
     for _ in 0..args.nodes {
@@ -166,9 +200,7 @@ async fn main() -> Result<()> {
         drain(
             service.clone(),
             events,
-            args.k,
-            start,
-            converged.clone(),
+            progress.clone(),
             messages_tx.clone(),
         );
         nodes.push(service);
@@ -202,6 +234,22 @@ async fn main() -> Result<()> {
         }
     }
     let rss_converged = rss_bytes();
+    let known_at_k: Vec<usize> = nodes.iter().map(|n| n.known_peers().len()).collect();
+    // Then until every node knows every other (bounded by the same timeout).
+    while !args.pairs_at_k {
+        let done = complete.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if done == args.nodes || Instant::now() >= deadline {
+            break;
+        }
+        ticks.tick().await;
+    }
+    let mut all_times: Vec<f64> = complete
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|d| d.saturating_sub(join_start - start).as_secs_f64())
+        .collect();
+    all_times.sort_by(f64::total_cmp);
     let mut times: Vec<f64> = converged
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -209,13 +257,12 @@ async fn main() -> Result<()> {
         .map(|d| d.saturating_sub(join_start - start).as_secs_f64())
         .collect();
     times.sort_by(f64::total_cmp);
-    let known: Vec<usize> = nodes.iter().map(|n| n.known_peers().len()).collect();
-    let min_known = known.iter().copied().min().unwrap_or(0);
-    let mean_known = known.iter().sum::<usize>() as f64 / known.len() as f64;
+    let min_known = known_at_k.iter().copied().min().unwrap_or(0);
+    let mean_known = known_at_k.iter().sum::<usize>() as f64 / known_at_k.len() as f64;
 
     // Random pairs by id alone: connect, a message, its delivery.
     let mut latencies = Vec::new();
-    let mut paths: HashMap<&'static str, usize> = HashMap::new();
+    let mut paths: HashMap<String, usize> = HashMap::new();
     let mut failures: Vec<String> = Vec::new();
     for _ in 0..args.pairs {
         let a = rng.below(args.nodes);
@@ -225,7 +272,7 @@ async fn main() -> Result<()> {
         }
         let (from, to) = (&nodes[a], &nodes[b]);
         let t = Instant::now();
-        let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
             from.connect_peer(to.peer_id()).await?;
             from.send(to.peer_id(), "hello by id".into()).await?;
             while let Some((sender, receiver)) = messages.recv().await {
@@ -240,15 +287,14 @@ async fn main() -> Result<()> {
             Ok(Ok(())) => {
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 let path = match from.peer_info(to.peer_id()).map(|i| i.connection.path) {
-                    Some(ConnectionPath::Relayed { .. }) => "relayed",
-                    Some(ConnectionPath::Direct) => "direct",
-                    Some(_) => "punched or mapped",
-                    None => "gone",
+                    Some(ConnectionPath::Relayed { .. }) => "relayed".to_owned(),
+                    Some(other) => format!("{other:?}").to_lowercase(),
+                    None => "gone".to_owned(),
                 };
                 *paths.entry(path).or_default() += 1;
             }
             Ok(Err(e)) => failures.push(format!("{a}->{b}: {e}")),
-            Err(_) => failures.push(format!("{a}->{b}: no delivery within 30 s")),
+            Err(_) => failures.push(format!("{a}->{b}: no delivery within 10 s")),
         }
     }
     latencies.sort_by(f64::total_cmp);
@@ -284,7 +330,15 @@ async fn main() -> Result<()> {
         percentile(&times, 0.9),
         times.last().copied().unwrap_or(f64::NAN)
     );
-    println!("  peers known per node at that point min {min_known}, mean {mean_known:.1}");
+    println!("  peers known per node when all had K min {min_known}, mean {mean_known:.1}");
+    println!(
+        "  nodes knowing all {} others         {} of {}, all by {:.2} s (median {:.2} s)",
+        args.nodes - 1,
+        all_times.len(),
+        args.nodes,
+        all_times.last().copied().unwrap_or(f64::NAN),
+        percentile(&all_times, 0.5)
+    );
     println!(
         "  pairs reached by id (+ message)    {} of {}, paths {:?}",
         latencies.len(),
@@ -320,6 +374,9 @@ async fn main() -> Result<()> {
         "time_to_k_all_s": times.last().copied(),
         "known_min": min_known,
         "known_mean": mean_known,
+        "complete_nodes": all_times.len(),
+        "time_to_all_median_s": percentile(&all_times, 0.5),
+        "time_to_all_s": all_times.last().copied(),
         "pairs": args.pairs,
         "pairs_ok": latencies.len(),
         "paths": paths,

@@ -86,7 +86,7 @@ enum Task {
     /// Measures the time until every node knows K peers, random pairs reaching each other
     /// by `PeerId` alone, and memory per node; prints a table and JSON. Arguments are passed
     /// through: `--nodes 200 --k 20 --pairs 50 --seed 1 --interval-ms 500
-    /// --topology star|tree --timeout-secs 180 --json PATH`.
+    /// --topology star|tree --timeout-secs 180 --pairs-at-k --max-per-source 256 --json PATH`.
     Sim {
         /// Arguments passed through to the simulation, e.g. `--nodes 200`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -186,6 +186,13 @@ struct Args {
     /// Do not hole-punch when connecting by peer id (a relay is still tried).
     #[arg(long)]
     no_hole_punching: bool,
+    /// Do not exchange peer records with connected peers (gossip): we neither tell peers
+    /// about each other nor learn peers from them.
+    #[arg(long)]
+    no_gossip: bool,
+    /// Seconds between gossip pushes to each connected peer.
+    #[arg(long, default_value_t = 30)]
+    gossip_interval: u64,
 }
 
 fn relay_config(args: &Args) -> crust::RelayConfig {
@@ -227,7 +234,13 @@ fn config_from(args: &Args, printer: Printer) -> anyhow::Result<ServiceConfig> {
         .with_loopback_endpoints(args.loopback)
         .with_min_observer_networks(args.min_observer_networks)
         .with_hole_punching(!args.no_hole_punching)
-        .with_relay(relay_config(args));
+        .with_relay(relay_config(args))
+        .with_gossip(if args.no_gossip {
+            crust::GossipConfig::disabled()
+        } else {
+            crust::GossipConfig::default()
+                .with_interval(std::time::Duration::from_secs(args.gossip_interval))
+        });
     if !args.loopback && !args.no_port_mapping {
         config = config.with_port_mapping(crust::PortMapConfig::default());
     }
