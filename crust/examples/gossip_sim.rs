@@ -236,12 +236,14 @@ async fn main() -> Result<()> {
     let rss_converged = rss_bytes();
     let known_at_k: Vec<usize> = nodes.iter().map(|n| n.known_peers().len()).collect();
     // Then until every node knows every other (bounded by the same timeout).
-    while !args.pairs_at_k {
-        let done = complete.lock().unwrap_or_else(|p| p.into_inner()).len();
-        if done == args.nodes || Instant::now() >= deadline {
-            break;
+    if !args.pairs_at_k {
+        loop {
+            let done = complete.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if done == args.nodes || Instant::now() >= deadline {
+                break;
+            }
+            ticks.tick().await;
         }
-        ticks.tick().await;
     }
     let mut all_times: Vec<f64> = complete
         .lock()

@@ -42,7 +42,7 @@
 //! Other JSON events: `listener_started`, `connected`, `lost_peer`, `connect_failed`,
 //! `duplicate_connection_closed`, `flood_detected`, `peer_banned`, `address_observed`,
 //! `bootstrap_connected`, `sent`, `disconnected`, `peers`, `endpoints`, `known_peers`,
-//! `pong`, `help`, `warning`, `stopped`. Event names and fields are a stable interface: fields are
+//! `pong`, `help`, `warning`, `stopped`, `peers_learned`. Event names and fields are a stable interface: fields are
 //! added, never renamed. The full list with every field is in `docs/crust-peer-json.md`. Logs (`RUST_LOG`, default `warn`) go to stderr
 //! only, so stdout stays a clean event stream; they are coloured only when stderr is a
 //! terminal.
