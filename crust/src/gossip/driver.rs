@@ -183,7 +183,10 @@ impl Node {
             }
             let own = self.gossip_own_endpoints();
             let max = self.config.gossip.records_per_message;
-            for (peer, handle) in self.active_connections() {
+            let connections = self.active_connections();
+            let connected = connections.iter().map(|(peer, _)| *peer).collect();
+            self.gossip().table.retain_connected(&connected);
+            for (peer, handle) in connections {
                 if let Some(records) = self.gossip_records_for(peer, &own, max) {
                     // Never wait: a full control lane means the peer is busy; next time.
                     handle.sender.try_send_frame(GOSSIP_FRAME, records);

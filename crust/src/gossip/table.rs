@@ -129,6 +129,12 @@ impl GossipTable {
         self.peers.remove(&peer);
     }
 
+    /// Forgets every peer not in `connected` (a message read just as its peer was removed
+    /// may have left state behind).
+    pub(crate) fn retain_connected(&mut self, connected: &HashSet<PeerId>) {
+        self.peers.retain(|peer, _| connected.contains(peer));
+    }
+
     /// Peers with state (for tests and bounds).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -460,6 +466,8 @@ mod tests {
         // A reconnecting source starts over (its old state is gone).
         table.disconnected(peer(1));
         assert_eq!(table.len(), 1);
+        table.retain_connected(&HashSet::new());
+        assert_eq!(table.len(), 0);
     }
 
     #[test]
