@@ -1,5 +1,5 @@
-//! The async side of gossip: a request and a push to every new peer, a push to every peer
-//! each interval, answers to requests, and learned records into the address book.
+//! The async side of gossip: a push to every new peer and to every peer each interval,
+//! answers to requests, and learned records into the address book.
 
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -64,17 +64,15 @@ impl Node {
         (!records.is_empty()).then(|| GossipMessage::Records(records).encode())
     }
 
-    /// A new peer: ask it for records and tell it what we know.
+    /// A new peer: tell it what we know. No `Request`: the peer, running the same code,
+    /// pushes to us at once too (a request would double the traffic of every new
+    /// connection; we still answer requests from peers that send them).
     pub(crate) fn gossip_peer_connected(&self, peer: PeerId, sender: &MessageSender) {
         if !self.config.gossip.enabled {
             return;
         }
         self.gossip().table.connected(peer, Instant::now());
         let want = self.config.gossip.records_per_message;
-        let request = GossipMessage::Request {
-            want: u8::try_from(want).unwrap_or(u8::MAX),
-        };
-        sender.try_send_frame(GOSSIP_FRAME, request.encode());
         let own = self.gossip_own_endpoints();
         if let Some(records) = self.gossip_records_for(peer, &own, want) {
             sender.try_send_frame(GOSSIP_FRAME, records);

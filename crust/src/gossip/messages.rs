@@ -35,7 +35,7 @@ pub(crate) struct PeerRecord {
 /// A gossip message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum GossipMessage {
-    /// "Send me up to `want` records" (sent once to a new peer).
+    /// "Send me up to `want` records" (answered; this implementation sends none itself).
     Request { want: u8 },
     /// Records, the sender's own first when it has endpoints.
     Records(Vec<PeerRecord>),

@@ -54,13 +54,14 @@ pub const MAX_ENDPOINTS_PER_RECORD: usize = 4;
 pub struct GossipConfig {
     /// Exchange peer records at all. Default `true`.
     pub enabled: bool,
-    /// How often we push records to each connected peer (we also ask a new peer at once).
+    /// How often we push records to each connected peer (a new peer gets a push at once).
     /// Default 30 s.
     pub interval: Duration,
     /// Records per message we send (at most [`MAX_RECORDS_PER_MESSAGE`]). Default 16.
     pub records_per_message: usize,
     /// Gossip messages one peer may send us per minute on average. Default 20 (an honest
-    /// peer sends 2 at the default interval, plus an answer and a request per connection).
+    /// peer sends 2 at the default interval, plus one when it connects and one answer per
+    /// request).
     pub messages_per_minute: f64,
     /// Gossip messages one peer may send at once. Default 10.
     pub burst_messages: f64,
@@ -100,7 +101,7 @@ impl GossipConfig {
 
     /// This configuration pushing every `interval` (at least 100 ms). The budget of
     /// messages accepted per peer is raised to at least twice that push rate (plus the
-    /// request and answer of a connection), so that peers with the same configuration
+    /// push on connecting and an answer), so that peers with the same configuration
     /// never exceed it.
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(100));

@@ -609,7 +609,9 @@ mod tests {
     #[test]
     fn matrix_shape() {
         let all = Cell::all();
-        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 1 + 1 + 2 + 1);
+        // Observe, filter, pairs, same NAT, punches, punch-mapped, relay and relay limit,
+        // direct-none, early punch, UPnP (two), IPv6 firewall.
+        assert_eq!(all.len(), 5 + 5 + 25 + 5 + 32 + 1 + 2 + 1 + 1 + 2 + 1);
         let names: std::collections::HashSet<String> = all.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), all.len(), "cell names are unique");
         assert!(Cell::quick().iter().all(|c| all.contains(c)));
