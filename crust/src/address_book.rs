@@ -3,7 +3,11 @@
 //! dials, addresses the application adds), so that a peer can be connected to by its
 //! `PeerId` alone.
 //!
-//! Pure and bounded: at most `capacity` peers (the least recently touched one is evicted)
+//! Gossip records enter as hints ([`AddressBook::insert_hint`]) that never displace what
+//! was learned otherwise.
+//!
+//! Pure and bounded: at most `capacity` peers (the least recently touched one is evicted,
+//! hint-only peers first)
 //! and [`MAX_ENDPOINTS_PER_PEER`] endpoints per peer (most recent first). Time is passed in.
 
 use std::collections::HashMap;
@@ -23,6 +27,9 @@ struct Entry {
     endpoints: Vec<Endpoint>,
     relays: Vec<PeerId>,
     touched: Instant,
+    /// Everything known comes from gossip hints ([`AddressBook::insert_hint`]): such an
+    /// entry is the first evicted, and only such entries make room for hints.
+    hint_only: bool,
 }
 
 /// Bounded map from `PeerId` to the ways to reach the peer.
@@ -55,8 +62,10 @@ impl AddressBook {
             endpoints: Vec::new(),
             relays: Vec::new(),
             touched: now,
+            hint_only: false,
         });
         entry.touched = now;
+        entry.hint_only = false;
         for endpoint in addr.endpoints.iter().rev() {
             entry.endpoints.retain(|known| known != endpoint);
             entry.endpoints.insert(0, *endpoint);
@@ -67,6 +76,53 @@ impl AddressBook {
             entry.relays.insert(0, *relay);
         }
         entry.relays.truncate(MAX_RELAYS_PER_PEER);
+    }
+
+    /// Learns a gossip hint heard at `heard` (the record's age taken off). A hint never
+    /// displaces what was learned otherwise: its endpoints go after the known ones while
+    /// there is room, and a new peer takes the place of the oldest hint-only peer when the
+    /// book is full (never of a peer known otherwise; then the hint is dropped). Returns
+    /// whether the peer was new to the book.
+    pub(crate) fn insert_hint(&mut self, addr: &PeerAddr, heard: Instant) -> bool {
+        if addr.endpoints.is_empty() && addr.relays.is_empty() {
+            return false;
+        }
+        let new = !self.entries.contains_key(&addr.peer_id);
+        if new && self.entries.len() >= self.capacity {
+            let oldest_hint = self
+                .entries
+                .iter()
+                .filter(|(_, entry)| entry.hint_only)
+                .min_by_key(|(id, entry)| (entry.touched, **id))
+                .map(|(id, _)| *id);
+            match oldest_hint {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => return false,
+            }
+        }
+        let entry = self.entries.entry(addr.peer_id).or_insert_with(|| Entry {
+            endpoints: Vec::new(),
+            relays: Vec::new(),
+            touched: heard,
+            hint_only: true,
+        });
+        if entry.hint_only {
+            entry.touched = entry.touched.max(heard);
+        }
+        for endpoint in &addr.endpoints {
+            if entry.endpoints.len() < MAX_ENDPOINTS_PER_PEER && !entry.endpoints.contains(endpoint)
+            {
+                entry.endpoints.push(*endpoint);
+            }
+        }
+        for relay in &addr.relays {
+            if entry.relays.len() < MAX_RELAYS_PER_PEER && !entry.relays.contains(relay) {
+                entry.relays.push(*relay);
+            }
+        }
+        new
     }
 
     /// We reached `peer` at `endpoint` at `now`: the endpoint moves to the front.
@@ -100,11 +156,12 @@ impl AddressBook {
         self.entries.len()
     }
 
+    /// Evicts the least recently touched peer, gossip hints first.
     fn evict_oldest(&mut self) {
         let oldest = self
             .entries
             .iter()
-            .min_by_key(|(id, entry)| (entry.touched, **id))
+            .min_by_key(|(id, entry)| (!entry.hint_only, entry.touched, **id))
             .map(|(id, _)| *id);
         if let Some(oldest) = oldest {
             self.entries.remove(&oldest);
@@ -208,6 +265,62 @@ mod tests {
         assert!(book.lookup(peer(1)).is_some());
         assert!(book.lookup(peer(2)).is_none());
         assert!(book.lookup(peer(3)).is_some());
+    }
+
+    #[test]
+    fn hints_never_displace_what_was_learned_otherwise() {
+        let t0 = Instant::now();
+        let mut book = AddressBook::new(3);
+        book.confirm(peer(1), ep("tcp://10.0.0.1:1"), t0);
+        // A hint about a known peer goes after what is known, and does not touch it.
+        let lie = PeerAddr::new(peer(1)).with_endpoints([ep("tcp://192.0.2.66:1")]);
+        assert!(!book.insert_hint(&lie, t0 + Duration::from_secs(5)));
+        assert_eq!(
+            book.lookup(peer(1)).expect("known").endpoints,
+            vec![ep("tcp://10.0.0.1:1"), ep("tcp://192.0.2.66:1")]
+        );
+        // A full list of known endpoints takes no hint at all.
+        let full: Vec<Endpoint> = (1..=8)
+            .map(|p| ep(&format!("tcp://10.0.0.2:{p}")))
+            .collect();
+        book.insert(&PeerAddr::new(peer(2)).with_endpoints(full.clone()), t0);
+        book.insert_hint(
+            &PeerAddr::new(peer(2)).with_endpoints([ep("tcp://192.0.2.66:1")]),
+            t0,
+        );
+        assert_eq!(book.lookup(peer(2)).expect("known").endpoints, full);
+        // Hints fill the free place, then replace each other, never a peer known otherwise.
+        let later = t0 + Duration::from_secs(10);
+        for n in 10..20u8 {
+            let hint = PeerAddr::new(peer(n)).with_endpoints([ep("tcp://192.0.2.1:1")]);
+            book.insert_hint(&hint, later + Duration::from_secs(u64::from(n)));
+            assert_eq!(book.len(), 3);
+            assert!(book.lookup(peer(1)).is_some() && book.lookup(peer(2)).is_some());
+        }
+        assert!(book.lookup(peer(19)).is_some());
+        // A book full of peers known otherwise drops hints about new peers.
+        book.confirm(peer(3), ep("tcp://10.0.0.3:1"), later);
+        assert!(!book.insert_hint(
+            &PeerAddr::new(peer(30)).with_endpoints([ep("tcp://192.0.2.1:1")]),
+            later
+        ));
+        assert!(book.lookup(peer(30)).is_none());
+        // A hinted peer confirmed later is no longer a hint: its endpoint leads.
+        let mut small = AddressBook::new(2);
+        small.insert_hint(
+            &PeerAddr::new(peer(4)).with_endpoints([ep("tcp://192.0.2.4:1")]),
+            t0,
+        );
+        small.confirm(peer(4), ep("tcp://10.0.0.4:1"), t0);
+        small.confirm(peer(5), ep("tcp://10.0.0.5:1"), t0);
+        assert!(!small.insert_hint(
+            &PeerAddr::new(peer(6)).with_endpoints([ep("tcp://192.0.2.6:1")]),
+            t0
+        ));
+        assert_eq!(
+            small.lookup(peer(4)).expect("known").endpoints[0],
+            ep("tcp://10.0.0.4:1")
+        );
     }
 
     #[test]

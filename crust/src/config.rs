@@ -172,6 +172,12 @@ pub struct ServiceConfig {
     /// accept relayed connections. Default [`RelayConfig::default`](crate::RelayConfig):
     /// all three, at most 64 circuits (8 per peer), 1 GiB and 1 hour per circuit.
     pub relay: crate::RelayConfig,
+    /// Peer exchange with connected peers (a node that knows one peer comes to know many).
+    /// Default [`GossipConfig::default`](crate::GossipConfig): on, a push of up to 16
+    /// records to each peer every 30 s, at most 20 messages per peer per minute accepted
+    /// (burst 10) and 256 peers learned per source. While on, the built-in gossip owns
+    /// frame kind 4 (`PeerExchange`): plug-ins cannot claim it.
+    pub gossip: crate::GossipConfig,
     /// Most simultaneous peers; further connections are refused. Default 10 000.
     pub max_peers: usize,
     /// How often every connection is pinged (round-trip time, liveness). Default 2 s.
@@ -244,6 +250,7 @@ impl Default for ServiceConfig {
             event_queue_len: 4096,
             event_queue_bytes: 64 * 1024 * 1024,
             relay: crate::RelayConfig::default(),
+            gossip: crate::GossipConfig::default(),
             max_peers: 10_000,
             ping_interval: Duration::from_secs(2),
             ping_timeout: Duration::from_secs(8),
@@ -378,6 +385,12 @@ impl ServiceConfig {
     /// Sets [`ServiceConfig::relay`].
     pub fn with_relay(mut self, relay: crate::RelayConfig) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// Sets [`ServiceConfig::gossip`].
+    pub fn with_gossip(mut self, gossip: crate::GossipConfig) -> Self {
+        self.gossip = gossip;
         self
     }
 

@@ -124,6 +124,7 @@ impl Node {
         let event = match admission {
             Admission::Refused(_) => None,
             Admission::NewPeer => {
+                self.gossip_peer_connected(peer, &handle.sender);
                 tracing::info!(%peer, endpoint = %info.remote_endpoint(), direction = ?info.direction, "new peer");
                 Some(Event::NewPeer {
                     peer,
@@ -409,6 +410,9 @@ impl Node {
                     }
                     crate::relay::RELAY_FRAME => {
                         self.handle_relay_frame(peer, &frame.payload);
+                    }
+                    crate::gossip::GOSSIP_FRAME if self.config.gossip.enabled => {
+                        self.handle_gossip_frame(peer, handle, &frame.payload);
                     }
                     other => {
                         if !self.control.dispatch(other, peer, frame.payload) {

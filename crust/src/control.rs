@@ -28,7 +28,9 @@ use crate::{Error, Result};
 pub const MAX_CONTROL_PAYLOAD: usize = 64 * 1024;
 
 /// Frame kind bytes below this are reserved for Crust itself (except the plug-in kinds
-/// [`FrameKind::PeerExchange`] and [`FrameKind::ConnectionInfoRelay`]).
+/// [`FrameKind::PeerExchange`], claimable only while the built-in gossip is off
+/// ([`GossipConfig::enabled`](crate::GossipConfig::enabled)), and
+/// [`FrameKind::ConnectionInfoRelay`]).
 pub const FIRST_PLUGIN_KIND: u8 = 32;
 
 /// A control frame a peer sent on a channel.
@@ -137,8 +139,9 @@ struct ChannelEnd {
 /// let (alice, _a) = Service::new(ServiceConfig::loopback())?;
 /// let (bob, _b) = Service::new(ServiceConfig::loopback())?;
 /// bob.start_listening().await?;
-/// let mut alice_gossip = alice.control_channel(FrameKind::PeerExchange, 64)?;
-/// let mut bob_gossip = bob.control_channel(FrameKind::PeerExchange, 64)?;
+/// let kind = FrameKind::Unknown(crust::FIRST_PLUGIN_KIND);
+/// let mut alice_gossip = alice.control_channel(kind, 64)?;
+/// let mut bob_gossip = bob.control_channel(kind, 64)?;
 /// let bob_id = alice.connect(&bob.our_endpoints(), Some(bob.peer_id())).await?;
 /// alice_gossip.send(bob_id, "hello, plug-in".into()).await?;
 /// let message = bob_gossip.recv().await.expect("a frame");
@@ -155,6 +158,10 @@ pub struct ControlChannel {
 
 impl ControlChannel {
     pub(crate) fn open(node: Arc<Node>, kind: FrameKind, capacity: usize) -> Result<Self> {
+        // The built-in gossip owns its kind while it runs (see `gossip/`).
+        if kind == crate::gossip::GOSSIP_FRAME && node.config.gossip.enabled {
+            return Err(Error::ControlKindUnavailable(kind));
+        }
         let end = node.control.claim(kind, capacity)?;
         Ok(ControlChannel {
             kind,

@@ -162,4 +162,12 @@ pub enum Event {
         /// Who.
         peer: PeerId,
     },
+    /// Gossip from a connected peer taught us peers the address book did not know (as
+    /// hints: connecting to one by its `PeerId` makes its TLS handshake prove the id).
+    PeersLearned {
+        /// Who told us (connected, authenticated).
+        from: PeerId,
+        /// The peers new to the address book.
+        peers: Vec<PeerId>,
+    },
 }

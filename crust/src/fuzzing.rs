@@ -45,6 +45,20 @@ pub fn relay_message_seeds() -> Vec<Vec<u8>> {
     crate::relay::fuzzing::relay_samples()
 }
 
+/// Decodes a gossip payload (frame kind 4, peer records); `true` when well formed.
+///
+/// # Panics
+///
+/// When a decoded message does not survive re-encoding (a codec bug).
+pub fn decode_gossip_message(payload: &[u8]) -> bool {
+    crate::gossip::fuzzing::gossip_round_trip(payload)
+}
+
+/// Valid gossip payloads, one per message type.
+pub fn gossip_message_seeds() -> Vec<Vec<u8>> {
+    crate::gossip::fuzzing::gossip_samples()
+}
+
 /// Decodes a NAT filtering-test payload (request, forward, report); `true` when well formed.
 ///
 /// # Panics

@@ -50,6 +50,7 @@ mod filtering;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod gossip;
 mod listen;
 mod liveness;
 mod node;
@@ -71,6 +72,7 @@ pub use discovery_driver::DISCOVERY_CONCURRENCY;
 pub use error::{Error, Result};
 pub use event::Event;
 pub use events::Events;
+pub use gossip::{GossipConfig, MAX_ENDPOINTS_PER_RECORD, MAX_RECORDS_PER_MESSAGE};
 pub use punch::PunchFailure;
 pub use reachability::{FilteringBehaviour, MappingBehaviour, NatType, Reachability};
 pub use reason::{

@@ -137,6 +137,8 @@ pub(crate) struct Node {
     pub(crate) punch: Mutex<crate::punch::PunchState>,
     /// Relayed connections: as relay and as an end (`relay/`).
     pub(crate) relay: Mutex<crate::relay::RelayState>,
+    /// Peer exchange (`gossip/`).
+    pub(crate) gossip: Mutex<crate::gossip::GossipState>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,6 +154,11 @@ impl Node {
     ) -> Self {
         Node {
             relay: Mutex::new(crate::relay::RelayState::new(&config.relay)),
+            gossip: Mutex::new(crate::gossip::GossipState::new(
+                identity.peer_id(),
+                &config,
+                &transports,
+            )),
             registry: Mutex::new(Registry::new(identity.peer_id(), config.max_peers)),
             address_book: Mutex::new(AddressBook::new(config.address_book_capacity)),
             reachability: Mutex::new(ReachabilityState {
@@ -247,6 +254,7 @@ impl Node {
         self.observed().forget(peer);
         self.control.peer_gone(peer);
         self.relay_link_lost(peer);
+        self.gossip_peer_gone(peer);
         self.registry_changed.notify_waiters();
         if self.shutdown.is_cancelled() {
             return;

@@ -17,15 +17,19 @@ pub enum FloodLimit {
     Bytes,
     /// Too many control frames (frames that carry no application message) per second.
     ControlFrames,
+    /// Too many gossip messages (peer records) per minute
+    /// ([`GossipConfig::messages_per_minute`](crate::GossipConfig::messages_per_minute)).
+    PeerRecords,
 }
 
 impl FloodLimit {
-    /// `"messages"`, `"bytes"` or `"control_frames"`.
+    /// `"messages"`, `"bytes"`, `"control_frames"` or `"peer_records"`.
     pub const fn as_str(&self) -> &'static str {
         match self {
             FloodLimit::Messages => "messages",
             FloodLimit::Bytes => "bytes",
             FloodLimit::ControlFrames => "control_frames",
+            FloodLimit::PeerRecords => "peer_records",
         }
     }
 }

@@ -170,6 +170,12 @@ impl Service {
         let queue = EventQueue::new(config.event_queue_len, config.event_queue_bytes);
         let node = Arc::new(Node::new(identity, config, transports, queue.clone()));
         let events = Events::new(queue, node.stopped.clone());
+        if node.config.gossip.enabled {
+            // Pushes peer records to connected peers each interval until shutdown.
+            let span = tracing::info_span!("gossip");
+            node.tasks
+                .spawn(node.clone().gossip_loop().instrument(span));
+        }
         Ok((
             Service {
                 _last_handle: Arc::new(LastHandle(node.clone())),
@@ -366,7 +372,8 @@ impl Service {
 
     /// Claims a control frame kind for a plug-in and returns its [`ControlChannel`], whose
     /// inbound queue holds up to `capacity` frames. Plug-ins may claim
-    /// [`FrameKind::PeerExchange`], [`FrameKind::ConnectionInfoRelay`] and
+    /// [`FrameKind::PeerExchange`] (only while the built-in gossip is off:
+    /// [`GossipConfig::enabled`](crate::GossipConfig::enabled)), [`FrameKind::ConnectionInfoRelay`] and
     /// `FrameKind::Unknown(b)` for `b >=` [`FIRST_PLUGIN_KIND`](crate::FIRST_PLUGIN_KIND);
     /// one channel per kind at a time ([`Error::ControlKindUnavailable`] otherwise).
     pub fn control_channel(&self, kind: FrameKind, capacity: usize) -> Result<ControlChannel> {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{init_tracing, node};
 use crust::wire::FrameKind;
-use crust::{Error, ServiceConfig};
+use crust::{Error, GossipConfig, ServiceConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_exchange_control_frames_both_ways() {
@@ -59,14 +59,24 @@ async fn reserved_and_taken_kinds_are_refused() {
             "{reserved:?} must be refused"
         );
     }
-    let gossip = a.control_channel(FrameKind::PeerExchange, 4).expect("free");
+    // The built-in gossip owns its kind while it runs.
     assert!(matches!(
         a.control_channel(FrameKind::PeerExchange, 4),
+        Err(Error::ControlKindUnavailable(FrameKind::PeerExchange))
+    ));
+    // Without it, a plug-in may claim the kind, once at a time.
+    let (quiet, _qe) = node(ServiceConfig::loopback().with_gossip(GossipConfig::disabled())).await;
+    let gossip = quiet
+        .control_channel(FrameKind::PeerExchange, 4)
+        .expect("free");
+    assert!(matches!(
+        quiet.control_channel(FrameKind::PeerExchange, 4),
         Err(Error::ControlKindUnavailable(_))
     ));
     // Dropping a channel frees its kind.
     drop(gossip);
-    a.control_channel(FrameKind::PeerExchange, 4)
+    quiet
+        .control_channel(FrameKind::PeerExchange, 4)
         .expect("free again");
 }
 

@@ -8,13 +8,18 @@ use std::time::Instant;
 
 use common::{SAFETY_NET, init_tracing, node, wait_for};
 use crust::{
-    ConnectionPath, Direction, Error, Event, PunchFailure, RelayConfig, RelayFailure, Service,
-    ServiceConfig,
+    ConnectionPath, Direction, Error, Event, GossipConfig, PunchFailure, RelayConfig, RelayFailure,
+    Service, ServiceConfig,
 };
 
 fn config() -> ServiceConfig {
-    // Observed endpoints are not needed: loopback listeners are the candidates.
+    // Observed endpoints are not needed: loopback listeners are the candidates. No gossip:
+    // it would teach each node the others' loopback endpoints, and these tests are about
+    // peers known only by id. No relays: these tests are about what punching does alone
+    // (a relay would connect where they expect a punch's failure).
     ServiceConfig::loopback()
+        .with_gossip(GossipConfig::disabled())
+        .with_relay(RelayConfig::disabled())
 }
 
 /// Connects each node to `r` and waits until `r` has registered them all (a coordinator
@@ -105,12 +110,13 @@ async fn two_peers_of_a_common_peer_connect_by_id_through_a_punch() {
 async fn without_a_common_peer_the_failure_says_so() {
     init_tracing();
     let (r, _re) = node(config()).await;
-    let (a, _ae) = node(config()).await;
+    // With relays on: after the punch, a relay is tried too.
+    let (a, _ae) = node(config().with_relay(RelayConfig::default())).await;
     let (b, _be) = node(config()).await;
     a.connect(&r.our_endpoints(), Some(r.peer_id()))
         .await
         .expect("connect to r");
-    // `b` is connected to nobody: `r` cannot introduce us.
+    // `b` is connected to nobody: `r` can neither introduce us nor relay.
     let err = tokio::time::timeout(SAFETY_NET, a.connect_peer(b.peer_id()))
         .await
         .expect("safety net")

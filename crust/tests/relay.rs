@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{SAFETY_NET, init_tracing, node, wait_for};
-use crust::{ConnectionPath, Error, Event, RelayConfig, RelayFailure, Service, ServiceConfig};
+use crust::{
+    ConnectionPath, Error, Event, GossipConfig, RelayConfig, RelayFailure, Service, ServiceConfig,
+};
 
 /// A node that reaches others only by relay (no hole punching).
 fn relaying_only() -> ServiceConfig {
-    ServiceConfig::loopback().with_hole_punching(false)
+    // No gossip: it would teach the ends each other's loopback endpoints (a direct path).
+    ServiceConfig::loopback()
+        .with_hole_punching(false)
+        .with_gossip(GossipConfig::disabled())
 }
 
 /// Connects `from` to `to` and waits until `to` has registered its side too (the relay
@@ -21,7 +26,9 @@ async fn connect(from: &Service, to: &Service) {
     from.connect(&to.our_endpoints(), Some(to.peer_id()))
         .await
         .expect("direct connect");
-    eventually("the other side registered", || {
+    // The dialler's handshake ends before the listener's: a relay can only join peers it
+    // has registered.
+    eventually("the listener registers the dialler", || {
         to.is_connected(from.peer_id())
     })
     .await;

@@ -83,6 +83,11 @@ pub const TARGETS: &[Target] = &[
         seeds: crust::fuzzing::relay_message_seeds,
     },
     Target {
+        name: "gossip_message",
+        run: gossip_message,
+        seeds: crust::fuzzing::gossip_message_seeds,
+    },
+    Target {
         name: "beacon_packet",
         run: beacon_packet,
         seeds: beacon_seeds,
@@ -232,6 +237,11 @@ pub fn punch_message(data: &[u8]) {
 /// Target: the relay messages (circuits, data, credits).
 pub fn relay_message(data: &[u8]) {
     crust::fuzzing::decode_relay_message(data);
+}
+
+/// Target: the gossip messages (peer records).
+pub fn gossip_message(data: &[u8]) {
+    crust::fuzzing::decode_gossip_message(data);
 }
 
 /// Target: beacon datagrams; a decoded packet re-encodes and decodes to itself.

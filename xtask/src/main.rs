@@ -19,6 +19,10 @@
 //!   fails on any message lost without a report, duplicated or reordered, and on fds, tasks
 //!   or memory not back to their starting level. Writes `target/soak/report.json`. `test`
 //!   runs a 20-second soak (debug build) after the demo.
+//! * `cargo xtask sim [--nodes N] [--k K] [--seed S] [ARGS]...`: the gossip
+//!   simulation (`crust/examples/gossip_sim.rs`, release): N services on loopback, each
+//!   told about one bootstrap node; time until each knows K peers, pairs reached by
+//!   `PeerId`, memory per node.
 //! * `cargo xtask fuzz [--seconds N] [--target T]...`: runs the cargo-fuzz targets of
 //!   `fuzz/` (every parser of peer or disk input) for N seconds each (`src/fuzz.rs`);
 //!   prints executions, crashes and time per target.
@@ -89,6 +93,18 @@ enum Task {
     /// starting level; prints a table, writes `target/soak/report.json`, exits non-zero on
     /// any failure.
     Soak(SoakArgs),
+    /// Simulate gossip at scale: N services on loopback, each told about one bootstrap node
+    /// (release build of `crust/examples/gossip_sim.rs`).
+    ///
+    /// Measures the time until every node knows K peers, random pairs reaching each other
+    /// by `PeerId` alone, and memory per node; prints a table and JSON. Arguments are passed
+    /// through: `--nodes 200 --k 20 --pairs 50 --seed 1 --interval-ms 500
+    /// --topology star|tree --timeout-secs 180 --pairs-at-k --max-per-source 256 --json PATH`.
+    Sim {
+        /// Arguments passed through to the simulation, e.g. `--nodes 200`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Fuzz every parser of peer or disk input (cargo-fuzz targets in `fuzz/`).
     ///
     /// Runs each target for `--seconds` (default 10) and prints executions, crashes and
@@ -155,6 +171,19 @@ fn run(task: Task) -> Result<()> {
     match task {
         Task::Test(args) => xtask.test(&args),
         Task::Ci => xtask.test(&TestArgs::default()),
+        Task::Sim { args } => {
+            let mut cmd = xtask.cargo([
+                "run",
+                "--release",
+                "-p",
+                "crust",
+                "--example",
+                "gossip_sim",
+                "--",
+            ]);
+            cmd.args(args);
+            xtask.run(cmd)
+        }
         Task::Demo { args } => {
             let (package, example) = DEMO;
             let mut cmd = xtask.cargo(["run", "--release", "-p", package, "--example", example]);

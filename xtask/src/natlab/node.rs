@@ -201,7 +201,9 @@ impl Node {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin)
-            .args(["--json", "--no-bootstrap", "--tcp-port"])
+            // No gossip: the cells test which path traversal takes between nodes that know
+            // each other only by id (gossip would teach them endpoints, or other relays).
+            .args(["--json", "--no-bootstrap", "--no-gossip", "--tcp-port"])
             .arg(tcp_port.to_string())
             .arg("--rudp-port")
             .arg(rudp_port.to_string())

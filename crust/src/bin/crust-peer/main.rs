@@ -42,7 +42,7 @@
 //! Other JSON events: `listener_started`, `connected`, `lost_peer`, `messages_unconfirmed`, `connect_failed`,
 //! `duplicate_connection_closed`, `flood_detected`, `peer_banned`, `address_observed`,
 //! `bootstrap_connected`, `sent`, `disconnected`, `peers`, `endpoints`, `known_peers`,
-//! `pong`, `help`, `warning`, `stopped`. Event names and fields are a stable interface: fields are
+//! `pong`, `help`, `warning`, `stopped`, `peers_learned`. Event names and fields are a stable interface: fields are
 //! added, never renamed. The full list with every field is in `docs/crust-peer-json.md`. Logs (`RUST_LOG`, default `warn`) go to stderr
 //! only, so stdout stays a clean event stream; they are coloured only when stderr is a
 //! terminal.
@@ -207,6 +207,13 @@ struct Args {
     /// Do not hole-punch when connecting by peer id (a relay is still tried).
     #[arg(long)]
     no_hole_punching: bool,
+    /// Do not exchange peer records with connected peers (gossip): we neither tell peers
+    /// about each other nor learn peers from them.
+    #[arg(long)]
+    no_gossip: bool,
+    /// Seconds between gossip pushes to each connected peer.
+    #[arg(long, default_value_t = 30)]
+    gossip_interval: u64,
 }
 
 /// One line of stdin, as [`read_line_bounded`] found it.

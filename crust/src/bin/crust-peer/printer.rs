@@ -179,6 +179,10 @@ impl Printer {
                 json!({"event": "flood_detected", "peer": peer, "limit": limit.as_str(), "banned": banned}),
                 || format!("flood-detected {} {limit} banned={banned}", peer.short()),
             ),
+            Event::PeersLearned { from, peers } => self.emit(
+                json!({"event": "peers_learned", "from": from, "peers": peers}),
+                || format!("peers-learned {} from {}", peers.len(), from.short()),
+            ),
             Event::PeerBanned { peer } => self
                 .emit(json!({"event": "peer_banned", "peer": peer}), || {
                     format!("peer-banned {}", peer.short())

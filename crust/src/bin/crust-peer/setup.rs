@@ -49,7 +49,13 @@ pub(crate) fn config_from(args: &Args, printer: Printer) -> anyhow::Result<Servi
         .with_loopback_endpoints(args.loopback)
         .with_min_observer_networks(args.min_observer_networks)
         .with_hole_punching(!args.no_hole_punching)
-        .with_relay(relay_config(args));
+        .with_relay(relay_config(args))
+        .with_gossip(if args.no_gossip {
+            crust::GossipConfig::disabled()
+        } else {
+            crust::GossipConfig::default()
+                .with_interval(std::time::Duration::from_secs(args.gossip_interval))
+        });
     if args.tracer {
         printer.warning(
             "tracer mode: TCP frames travel unencrypted (authenticated, not secret); only tracer peers can connect over TCP",
