@@ -533,16 +533,15 @@ enum Route {
 /// Two nodes know only alice; the first connects to the second by `PeerId` alone, alice
 /// introducing them (hole punch) or relaying between them.
 async fn introduced(demo: &mut Demo, route: Route) -> Result<(), Error> {
+    // No gossip for these two: alice would tell each where the other listens, and they
+    // would simply dial (what gossip is for, but not what this step shows).
+    let quiet = ServiceConfig::loopback().with_gossip(crust::GossipConfig::disabled());
     let ((a_name, b_name), how, config) = match route {
-        Route::Punch => (
-            ("grace", "heidi"),
-            "a hole punch",
-            ServiceConfig::loopback(),
-        ),
+        Route::Punch => (("grace", "heidi"), "a hole punch", quiet),
         Route::Relay => (
             ("ivan", "judy"),
             "alice as a relay",
-            ServiceConfig::loopback().with_hole_punching(false),
+            quiet.with_hole_punching(false),
         ),
     };
     println!("\n== {a_name} and {b_name} know only alice: {how}");
