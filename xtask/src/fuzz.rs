@@ -172,6 +172,13 @@ fn run_target(xtask: &Xtask, dir: &Path, target: &str, args: &FuzzArgs) -> Resul
     let work = dir.join("target").join("corpus").join(target);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let seeds = dir.join("corpus").join(target);
+    if !seeds.is_dir() {
+        // libFuzzer would exit with an error that reads like a crash.
+        bail!(
+            "no seed corpus for {target} in {}: write it with `cargo test -- --ignored write_seed_corpus` in fuzz/",
+            seeds.display()
+        );
+    }
     let mut cmd = fuzz_cmd(xtask, dir, ["run"]);
     cmd.arg(target)
         .arg(&work)
